@@ -1,0 +1,1 @@
+"""codeworker: Celery workers that turn code-operation requests into verified pull requests."""

@@ -1,0 +1,141 @@
+"""Worker configuration, read once from the environment.
+
+The names the brief fixes (PORT, REDIS_URL, GITHUB_TOKEN, ...) are read as they are; everything
+else is prefixed ``CODEWORKER_`` (``lock_ttl`` is ``CODEWORKER_LOCK_TTL``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    """An environment name that is not prefixed, as the brief fixes it."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Everything a worker or a sender can tune. Secrets are SecretStr so they never print."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CODEWORKER_",
+        use_attribute_docstrings=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    port: int = Field(3001, validation_alias=_env("PORT"))
+    """Port of the worker's HTTP server (/health, /status, /metrics)."""
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    """Broker, result backend, locks, claims and branch registry."""
+
+    worker_concurrency: int = Field(2, ge=1, validation_alias=_env("WORKER_CONCURRENCY"))
+    """Concurrent operations per worker (prefork children)."""
+
+    workspace_root: Path = Field(Path("/workspace/repos"), validation_alias=_env("WORKSPACE_ROOT"))
+    """Where bare mirrors and per-job worktrees live."""
+
+    github_token: SecretStr = Field(SecretStr(""), validation_alias=_env("GITHUB_TOKEN"))
+    """Token for git over HTTPS and for the GitHub API; sent by the transport, never stored."""
+
+    github_api_url: str = Field("https://api.github.com", validation_alias=_env("GITHUB_API_URL"))
+    """GitHub REST base URL (GitHub Enterprise, or a stand-in in tests)."""
+
+    anthropic_api_key: SecretStr = Field(SecretStr(""), validation_alias=_env("ANTHROPIC_API_KEY"))
+    """Key for the Anthropic API (the SDK also reads ANTHROPIC_BASE_URL itself)."""
+
+    model: str = "claude-sonnet-4-5"
+    """Model the agent executor uses (CODEWORKER_MODEL)."""
+
+    allowed_repos: Annotated[list[str], NoDecode] = ["https://github.com/"]
+    """Comma-separated prefixes a repository URL must start with."""
+
+    queue: str = "code-operation"
+    """Queue all four tasks are routed to."""
+
+    key_prefix: str = "codeworker"
+    """Prefix of every Redis key codeworker writes (besides Celery's own)."""
+
+    soft_time_limit: int = 1800
+    """Seconds after which a job is asked to stop (SoftTimeLimitExceeded)."""
+
+    hard_time_limit: int = 1900
+    """Seconds after which the pool child running a job is killed."""
+
+    visibility_timeout: int = 2400
+    """Seconds before Redis redelivers an unacked job; must exceed hard_time_limit."""
+
+    result_expires: int = 7 * 24 * 3600
+    """Seconds results (Celery's and the idempotency record's) are kept."""
+
+    max_iterations_cap: int = 10
+    """Upper bound on a job's max_iterations."""
+
+    default_max_iterations: int = 5
+    """max_iterations when the job gives none."""
+
+    lock_ttl: float = 60.0
+    """Seconds a file lock lives unless the watchdog renews it (renewed every third of it)."""
+
+    lock_wait: float = 30.0
+    """Seconds a job waits for a held file lock before failing; 0 fails at once."""
+
+    claim_ttl: float = 60.0
+    """Seconds an operation's heartbeat lives; a claim with a dead heartbeat can be taken over."""
+
+    git_author_name: str = "codeworker"
+    """Author and committer name of codeworker's commits."""
+
+    git_author_email: str = "codeworker@users.noreply.github.com"
+    """Author and committer e-mail of codeworker's commits."""
+
+    git_connect_timeout_ms: int = 10_000
+    """libgit2 connect timeout for fetch and push."""
+
+    git_read_timeout_ms: int = 120_000
+    """libgit2 read timeout for fetch and push."""
+
+    command_timeout: float = 600.0
+    """Seconds a test or fix command may run before its process group is killed."""
+
+    scanner: str = ""
+    """Path of the trufflehog3 executable; empty looks in .venv-scanner, then on PATH."""
+
+    scan_timeout: float = 120.0
+    """Seconds the secret scan may take before the job fails closed."""
+
+    pr_labels: Annotated[list[str], NoDecode] = ["codeworker"]
+    """Comma-separated labels put on every pull request."""
+
+    github_seconds_between_writes: float = 0.25
+    """PyGithub's pause between write requests (its default of 1 s slows every PR)."""
+
+    log_format: Literal["json", "console"] = "json"
+    """json: one JSON object a line (production); console: readable lines (a terminal)."""
+
+    @field_validator("allowed_repos", "pr_labels", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _outlives_hard_limit(cls, value: int, info) -> int:  # noqa: ANN001 - pydantic's ValidationInfo
+        hard = info.data.get("hard_time_limit", 0)
+        if value <= hard:
+            raise ValueError(f"must exceed hard_time_limit ({hard}s), or jobs are redelivered while running")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; tests that change the environment call ``get_settings.cache_clear()``."""
+    return Settings()

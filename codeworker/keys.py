@@ -1,0 +1,64 @@
+"""Every Redis key codeworker writes is built here, so the layout can be read in one place.
+
+    {prefix}:lock:{repo}:{path}          string  owner token of a file lock (PX = lock TTL)
+    {prefix}:fence:{repo}                counter fencing tokens handed out per repository
+    {prefix}:op:{operation_id}           hash    idempotency claim: state, owner, result
+    {prefix}:op:{operation_id}:beat      string  owner of a running claim (PX = claim TTL)
+    {prefix}:branch:{repo}:{branch}      hash    branch registry record
+    {prefix}:branches:repo:{repo}        set     branch record keys of one repository
+    {prefix}:branches:status:{status}    set     branch record keys in one status
+    {prefix}:branches:all                set     every branch record key
+
+``repo`` is :func:`repo_id` of the repository URL: host and path, lower-cased, without scheme,
+credentials, trailing slash or ``.git``, so that two spellings of one repository share locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+def repo_id(url: str) -> str:
+    """A stable identifier of a repository URL (``github.com/owner/name``)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    path = parts.path.rstrip("/")
+    path = path.removesuffix(".git")
+    return f"{host}{path}".lower()
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder bound to one prefix."""
+
+    prefix: str = "codeworker"
+
+    def lock(self, repo: str, path: str) -> str:
+        return f"{self.prefix}:lock:{repo}:{path}"
+
+    def lock_pattern(self) -> str:
+        return f"{self.prefix}:lock:*"
+
+    def fence(self, repo: str) -> str:
+        return f"{self.prefix}:fence:{repo}"
+
+    def claim(self, operation_id: str) -> str:
+        return f"{self.prefix}:op:{operation_id}"
+
+    def heartbeat(self, operation_id: str) -> str:
+        return f"{self.prefix}:op:{operation_id}:beat"
+
+    def branch(self, repo: str, branch: str) -> str:
+        return f"{self.prefix}:branch:{repo}:{branch}"
+
+    def branches_by_repo(self, repo: str) -> str:
+        return f"{self.prefix}:branches:repo:{repo}"
+
+    def branches_by_status(self, status: str) -> str:
+        return f"{self.prefix}:branches:status:{status}"
+
+    def all_branches(self) -> str:
+        return f"{self.prefix}:branches:all"
