@@ -1,6 +1,7 @@
 """Every Redis key codeworker writes is built here, so the layout can be read in one place.
 
-    {prefix}:lock:{repo}:{path}          string  owner token of a file lock (PX = lock TTL)
+    {prefix}:lock:{repo}:{path}          hash    file lock: owner (per-attempt token), operation_id,
+                                                 repo, path (PX = lock TTL)
     {prefix}:fence:{repo}                counter fencing tokens handed out per repository
     {prefix}:op:{operation_id}           hash    idempotency claim: state, owner, result
     {prefix}:op:{operation_id}:beat      string  owner of a running claim (PX = claim TTL)

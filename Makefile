@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+SCANNER_VENV := .venv-scanner
+TRUFFLEHOG_VERSION := 3.0.10
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint format tools scanner clean system-tools
+
+demo: tools
+	$(BIN)/python -m demo
+
+test: tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+tools: $(BIN)/.installed scanner system-tools
+
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# trufflehog3 pins old dependencies and is GPL-2.0: it lives in its own virtualenv and runs as a
+# subprocess, never imported.
+scanner: $(SCANNER_VENV)/bin/trufflehog3
+
+$(SCANNER_VENV)/bin/trufflehog3:
+	$(PYTHON) -m venv $(SCANNER_VENV)
+	$(SCANNER_VENV)/bin/pip install --quiet trufflehog3==$(TRUFFLEHOG_VERSION)
+
+# redis-server and git are system packages: installed with apt-get when we are root, otherwise
+# one line says what is missing.
+system-tools:
+	@for tool in redis-server git; do \
+	  command -v $$tool >/dev/null && continue; \
+	  pkg=$$tool; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $$pkg"; apt-get install -y -qq $$pkg >/dev/null || { apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null; }; \
+	  else echo "missing: $$tool (install it: sudo apt-get install $$pkg)"; exit 1; fi; \
+	done
+
+clean:
+	rm -rf $(VENV) $(SCANNER_VENV) *.egg-info .work

@@ -1,0 +1,61 @@
+"""The Celery app. Settings are chosen for long, non-idempotent jobs (README: "Celery settings")."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from codeworker import logs
+from codeworker.config import get_settings
+
+TASK_MODULES = ["tasks.error_fix", "tasks.feature_implementation", "tasks.refactor", "tasks.test"]
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    app = Celery("codeworker", include=TASK_MODULES)
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        # A job is acknowledged only when it ends, so a worker that dies mid-job loses nothing.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One job per free slot: a long job must not sit reserved behind another long job.
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_concurrency,
+        # Redis redelivers unacked jobs after the visibility timeout; it must outlive the hard
+        # limit or a running job is handed to a second worker.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
+        # Flower needs both; STARTED tells a sender its job left the queue.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=settings.result_expires,
+        # After a broker reconnect the unacked jobs are redelivered anyway; keep running copies
+        # from pushing twice.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_routes={"codeworker.*": {"queue": settings.queue}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=True,
+    )
+    return app
+
+
+app = create_app()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _structured_logs(logger: logging.Logger, **_: Any) -> None:
+    for handler in logger.handlers:
+        logs.configure(handler, get_settings().log_format)

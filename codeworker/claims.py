@@ -1,0 +1,235 @@
+"""The idempotency record of an operation, so a redelivered job is neither lost nor run twice.
+
+The record is a hash at :meth:`Keys.claim` (state running / finished / abandoned, the owner token
+of the attempt that claimed it, the result JSON once finished); who is alive is a separate string
+at :meth:`Keys.heartbeat` holding the owner token with a PX TTL that the watchdog extends.
+
+Ownership lives in the record: only :meth:`OperationClaims.claim` changes the owner, and it does
+so only when the heartbeat has expired. So an attempt whose heartbeat lapsed (a long GC pause, a
+Redis blip) but that nobody took over is still the owner, and its next heartbeat re-arms the
+lease; an attempt that was taken over gets False from :meth:`~OperationClaims.heartbeat` and
+:class:`ClaimLost` from :meth:`~OperationClaims.finish`.
+
+A record without a finished result expires ``result_ttl`` after its last heartbeat, a finished
+one ``result_ttl`` after it finished: nothing is kept forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import redis
+from redis.commands.core import Script
+
+from codeworker.keys import Keys
+
+RUNNING = "running"
+FINISHED = "finished"
+ABANDONED = "abandoned"
+"""States stored in the record."""
+
+CLAIM_SCRIPT = """
+-- KEYS[1] record, KEYS[2] heartbeat
+-- ARGV[1] new owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms, ARGV[4] now, ARGV[5] operation id
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'finished' then
+    return {'finished', redis.call('HGET', KEYS[1], 'result') or 'null'}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+    return {'busy', holder, redis.call('PTTL', KEYS[2])}
+end
+redis.call('HSET', KEYS[1], 'operation_id', ARGV[5], 'state', 'running', 'owner', ARGV[1],
+           'claimed_at', ARGV[4])
+redis.call('HDEL', KEYS[1], 'result', 'finished_at')
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {'claimed'}
+"""
+"""Answer the stored result, or who is busy with it, or take it for ARGV[1]."""
+
+HEARTBEAT_SCRIPT = """
+-- KEYS[1] record, KEYS[2] heartbeat; ARGV[1] owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+    return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+"""Extend the lease of a running claim if it is still ours."""
+
+SETTLE_SCRIPT = """
+-- KEYS[1] record, KEYS[2] heartbeat
+-- ARGV[1] owner, ARGV[2] new state, ARGV[3] result JSON or '', ARGV[4] record ttl ms, ARGV[5] now
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished_at', ARGV[5])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+"""End a running claim that is still ours (finished with a result, or abandoned)."""
+
+
+class ClaimError(Exception):
+    """Base of every claim failure."""
+
+
+class ClaimLost(ClaimError):
+    """Another attempt took the operation over (or the record expired); ours must not record."""
+
+    def __init__(self, operation_id: str, owner: str) -> None:
+        super().__init__(f"operation {operation_id} is no longer claimed by {owner}")
+        self.operation_id = operation_id
+        self.owner = owner
+
+
+class ClaimState(StrEnum):
+    """What :meth:`OperationClaims.claim` found."""
+
+    CLAIMED = "claimed"
+    """Ours to run: ``owner`` is our token."""
+    FINISHED = "finished"
+    """Already done: ``result`` is the stored result."""
+    BUSY = "busy"
+    """Running elsewhere: ``holder`` runs it; try again in ``retry_after`` seconds."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: ClaimState
+    owner: str | None = None
+    result: dict[str, Any] | None = None
+    holder: str | None = None
+    retry_after: float = 0.0
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class OperationClaims:
+    """Claims on operation ids: at most one live attempt per operation, and results kept for reuse."""
+
+    _claim_script: ClassVar[Script | None] = None
+    _heartbeat_script: ClassVar[Script | None] = None
+    _settle_script: ClassVar[Script | None] = None
+
+    def __init__(self, client: redis.Redis, keys: Keys, ttl: float, result_ttl: float) -> None:
+        if ttl <= 0 or result_ttl <= 0:
+            raise ValueError("claim ttl and result_ttl must be positive")
+        self.client = client
+        self.keys = keys
+        self.ttl = ttl
+        self.result_ttl = result_ttl
+        self._register_scripts(client)
+
+    @classmethod
+    def _register_scripts(cls, client: redis.Redis) -> None:
+        if cls._claim_script is None:
+            cls._claim_script = client.register_script(CLAIM_SCRIPT)
+        if cls._heartbeat_script is None:
+            cls._heartbeat_script = client.register_script(HEARTBEAT_SCRIPT)
+        if cls._settle_script is None:
+            cls._settle_script = client.register_script(SETTLE_SCRIPT)
+
+    def claim(self, operation_id: str) -> Claim:
+        """Take the operation, or learn that it is finished or that someone else runs it."""
+        owner = self._new_owner()
+        assert self._claim_script is not None
+        reply = self._claim_script(
+            keys=self._keys(operation_id),
+            args=[owner, self._ms(self.ttl), self._record_ttl_ms, time.time(), operation_id],
+            client=self.client,
+        )
+        state = ClaimState(_text(reply[0]))
+        if state is ClaimState.FINISHED:
+            return Claim(state, result=json.loads(_text(reply[1])))
+        if state is ClaimState.BUSY:
+            return Claim(state, holder=_text(reply[1]), retry_after=max(int(reply[2]), 0) / 1000)
+        return Claim(state, owner=owner)
+
+    def heartbeat(self, operation_id: str, owner: str) -> bool:
+        """Extend our lease; False once another attempt took over (what the watchdog calls)."""
+        assert self._heartbeat_script is not None
+        return bool(
+            self._heartbeat_script(
+                keys=self._keys(operation_id),
+                args=[owner, self._ms(self.ttl), self._record_ttl_ms],
+                client=self.client,
+            )
+        )
+
+    def finish(self, operation_id: str, owner: str, result: dict[str, Any]) -> None:
+        """Store the result so redeliveries return it; :class:`ClaimLost` if no longer ours."""
+        if not self._settle(operation_id, owner, FINISHED, json.dumps(result)):
+            raise ClaimLost(operation_id, owner)
+
+    def abandon(self, operation_id: str, owner: str) -> None:
+        """Give up without a result, so the next delivery runs at once.
+
+        Does nothing if the claim is no longer ours: it runs on failure and shutdown paths, where
+        raising would hide the error that led here, and someone else's claim must stay.
+        """
+        self._settle(operation_id, owner, ABANDONED, "")
+
+    def get(self, operation_id: str) -> dict[str, Any] | None:
+        """The record as an operator sees it (``codeworker status``), or None."""
+        record_key, beat_key = self._keys(operation_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(record_key)
+        pipe.pttl(record_key)
+        pipe.pttl(beat_key)
+        fields, record_pttl, beat_pttl = pipe.execute()
+        if not fields:
+            return None
+        record: dict[str, Any] = {_text(field): _text(value) for field, value in fields.items()}
+        if "result" in record:
+            record["result"] = json.loads(record["result"])
+        for name in ("claimed_at", "finished_at"):
+            if name in record:
+                record[name] = float(record[name])
+        if "attempts" in record:
+            record["attempts"] = int(record["attempts"])
+        record["expires_in"] = record_pttl / 1000 if record_pttl >= 0 else None
+        record["heartbeat_ttl"] = beat_pttl / 1000 if beat_pttl >= 0 else None
+        return record
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_owner() -> str:
+        """Unique per attempt, and says which worker process it is for operators."""
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(1, int(seconds * 1000))
+
+    @property
+    def _record_ttl_ms(self) -> int:
+        return self._ms(max(self.result_ttl, self.ttl))
+
+    def _keys(self, operation_id: str) -> list[str]:
+        return [self.keys.claim(operation_id), self.keys.heartbeat(operation_id)]
+
+    def _settle(self, operation_id: str, owner: str, state: str, result: str) -> bool:
+        assert self._settle_script is not None
+        return bool(
+            self._settle_script(
+                keys=self._keys(operation_id),
+                args=[owner, state, result, self._ms(self.result_ttl), time.time()],
+                client=self.client,
+            )
+        )

@@ -1,0 +1,75 @@
+"""Running a repository's commands (tests, fixers) inside a checkout.
+
+Commands get a reduced environment, never the worker's credentials, and a timeout that kills the
+whole process group, so a test suite that forks cannot outlive its job.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ")
+"""The only variables a repository command inherits from the worker."""
+
+OUTPUT_LIMIT = 20_000
+"""Characters of output kept (head and tail) per command."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_code: int | None
+    output: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def command_env(home: Path) -> dict[str, str]:
+    """The environment a repository command sees: the allowlist plus a private HOME."""
+    env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
+    # "python" in a repository's command means the worker's interpreter until setup lands.
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
+    env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
+    """Head and tail of long output, with a note of what was cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - limit} characters cut ...]\n{text[-half:]}"
+
+
+def run_command(command: str | Sequence[str], cwd: Path, timeout: float, home: Path) -> CommandResult:
+    """Run ``command`` (a shell string or an argv) in ``cwd``; never raises for the command's failure."""
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    shown = command if isinstance(command, str) else shlex.join(command)
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=command_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return CommandResult(shown, None, clip(output), timed_out=True)
+    return CommandResult(shown, process.returncode, clip(output))

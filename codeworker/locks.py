@@ -1,0 +1,406 @@
+"""File locks in Redis, so two operations never edit the same file of a repository at once.
+
+A lock is a hash at :meth:`Keys.lock` holding the owner token, the operation id, the repo and the
+path, with a PX TTL: a worker that dies leaks nothing for longer than one TTL. The owner token is
+unique per attempt (``{operation_id}:{hex}``) so the re-run of a crashed operation does not take
+the stale lock of its previous attempt for its own. Every compare is exact on that token.
+
+Acquisition of all the files of a job is one Lua step (all or none) that also hands out a fencing
+token from the repository's counter. A :class:`LockWatchdog` renews the locks every TTL/3; a job
+whose lock was lost (expired, or taken by someone else after expiry) sees it through
+:meth:`FileLocks.verify` and stops before it pushes.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar
+
+import redis
+from redis.commands.core import Script
+
+from codeworker.keys import Keys
+
+log = logging.getLogger(__name__)
+
+ACQUIRE_SCRIPT = """
+-- KEYS[1] fence counter, KEYS[2..] lock keys
+-- ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] operation id, ARGV[4] repo, ARGV[5..] paths
+local owner = ARGV[1]
+for i = 2, #KEYS do
+    local current = redis.call('HGET', KEYS[i], 'owner')
+    if current and current ~= owner then
+        return {0, i - 1, current}
+    end
+end
+for i = 2, #KEYS do
+    redis.call('HSET', KEYS[i], 'owner', owner, 'operation_id', ARGV[3], 'repo', ARGV[4],
+               'path', ARGV[i + 3])
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
+return {1, redis.call('INCR', KEYS[1])}
+"""
+"""Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner}``."""
+
+RENEW_SCRIPT = """
+-- KEYS lock keys; ARGV[1] owner, ARGV[2] ttl ms
+local lost = {}
+for i = 1, #KEYS do
+    if redis.call('HGET', KEYS[i], 'owner') == ARGV[1] then
+        redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    else
+        table.insert(lost, i)
+    end
+end
+return lost
+"""
+"""Extend the locks still ours; answer the 1-based indexes of those that are not."""
+
+RELEASE_SCRIPT = """
+-- KEYS lock keys; ARGV[1] owner
+local released = 0
+for i = 1, #KEYS do
+    if redis.call('HGET', KEYS[i], 'owner') == ARGV[1] then
+        redis.call('DEL', KEYS[i])
+        released = released + 1
+    end
+end
+return released
+"""
+"""Delete only the locks whose owner is ours; answer how many were deleted."""
+
+
+class LockError(Exception):
+    """Base of every lock failure."""
+
+
+class LockHeld(LockError):
+    """Another operation holds a file we need."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        super().__init__(f"{path} is locked by operation {holder}")
+        self.path = path
+        self.holder = holder
+
+
+class LockLost(LockError):
+    """Locks we held expired or were taken over; whatever we wrote must not be pushed."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        super().__init__(f"lost the lock on {', '.join(paths)}")
+        self.paths = list(paths)
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """One lock as an operator sees it (``codeworker locks``)."""
+
+    repo: str
+    path: str
+    holder: str
+    """Operation id of the holder."""
+    owner: str
+    """The holder's per-attempt owner token."""
+    ttl: float | None
+    """Seconds until the lock expires unless renewed; None when it has no TTL."""
+
+
+def normalize_path(path: str) -> str:
+    """The one spelling of a repo-relative path, so ``./a//b.py`` and ``a/b.py`` share a lock."""
+    cleaned = posixpath.normpath(path.strip().replace("\\", "/"))
+    if not path.strip() or cleaned == "." or cleaned.startswith("/") or cleaned.split("/")[0] == "..":
+        raise ValueError(f"not a path inside the repository: {path!r}")
+    return cleaned
+
+
+def holder_of(owner: str) -> str:
+    """The operation id part of an owner token."""
+    return owner.rsplit(":", 1)[0]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class FileLocks:
+    """The locks one attempt of one operation holds on files of one repository.
+
+    Thread-safe: a :class:`LockWatchdog` renews from its own thread while the job acquires more.
+    """
+
+    _acquire_script: ClassVar[Script | None] = None
+    _renew_script: ClassVar[Script | None] = None
+    _release_script: ClassVar[Script | None] = None
+
+    def __init__(self, client: redis.Redis, keys: Keys, repo: str, operation_id: str, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError("lock ttl must be positive")
+        self.client = client
+        self.keys = keys
+        self.repo = repo
+        self.operation_id = operation_id
+        self.ttl = ttl
+        self.owner = f"{operation_id}:{uuid.uuid4().hex}"
+        self._held: list[str] = []
+        self._lost: set[str] = set()
+        self._token: int | None = None
+        self._mutex = threading.RLock()
+        self._register_scripts(client)
+
+    @classmethod
+    def _register_scripts(cls, client: redis.Redis) -> None:
+        if cls._acquire_script is None:
+            cls._acquire_script = client.register_script(ACQUIRE_SCRIPT)
+        if cls._renew_script is None:
+            cls._renew_script = client.register_script(RENEW_SCRIPT)
+        if cls._release_script is None:
+            cls._release_script = client.register_script(RELEASE_SCRIPT)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def held(self) -> list[str]:
+        """Paths we took and have not released (including any since lost)."""
+        with self._mutex:
+            return list(self._held)
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The latest fencing token handed to us."""
+        return self._token
+
+    def acquire(self, paths: Sequence[str], wait: float) -> int:
+        """Lock every path or none, retrying for up to ``wait`` seconds; answer a fencing token.
+
+        Paths we already hold count as free (re-entrant) and get their TTL refreshed.
+        """
+        wanted = list(dict.fromkeys(normalize_path(path) for path in paths))
+        deadline = time.monotonic() + max(wait, 0.0)
+        delay = 0.01
+        while True:
+            conflict = self._try_acquire(wanted)
+            if isinstance(conflict, int):
+                return conflict
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise conflict
+            # Full jitter keeps racing workers from retrying in lock step.
+            time.sleep(min(remaining, random.uniform(0, delay)))  # noqa: S311 (jitter, not crypto)
+            delay = min(delay * 2, 0.25)
+
+    def acquire_one(self, path: str) -> int:
+        """Lock one more file while the job runs, without waiting; answer a new fencing token."""
+        return self.acquire([path], wait=0)
+
+    def renew(self) -> list[str]:
+        """Extend every held lock still ours; answer the paths that were lost."""
+        with self._mutex:
+            if not self._held:
+                return []
+            held = list(self._held)
+            assert self._renew_script is not None
+            indexes = self._renew_script(
+                keys=[self._key(path) for path in held],
+                args=[self.owner, self._ttl_ms],
+                client=self.client,
+            )
+            lost = [held[int(index) - 1] for index in indexes]
+            self._lost.update(lost)
+            return lost
+
+    def verify(self) -> None:
+        """Raise :class:`LockLost` unless every held lock is still ours (call right before push)."""
+        with self._mutex:
+            held = list(self._held)
+            owners = self._owners(held)
+            lost = [path for path, owner in zip(held, owners, strict=True) if owner != self.owner]
+            self._lost.update(lost)
+            if self._lost:
+                raise LockLost([path for path in held if path in self._lost])
+
+    def release(self) -> None:
+        """Delete the locks still ours, leaving any taken over by someone else; idempotent."""
+        with self._mutex:
+            if self._held:
+                assert self._release_script is not None
+                self._release_script(
+                    keys=[self._key(path) for path in self._held], args=[self.owner], client=self.client
+                )
+            self._held.clear()
+            self._lost.clear()
+
+    # -- Redis calls ----------------------------------------------------------------------------
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.ttl * 1000))
+
+    def _key(self, path: str) -> str:
+        return self.keys.lock(self.repo, path)
+
+    def _try_acquire(self, paths: list[str]) -> int | LockHeld:
+        """One atomic attempt: the fencing token, or the conflict to raise when out of time."""
+        with self._mutex:
+            assert self._acquire_script is not None
+            reply = self._acquire_script(
+                keys=[self.keys.fence(self.repo), *(self._key(path) for path in paths)],
+                args=[self.owner, self._ttl_ms, self.operation_id, self.repo, *paths],
+                client=self.client,
+            )
+            if int(reply[0]) == 0:
+                return LockHeld(paths[int(reply[1]) - 1], holder_of(_text(reply[2])))
+            self._token = int(reply[1])
+            for path in paths:
+                self._lost.discard(path)
+                if path not in self._held:
+                    self._held.append(path)
+            return self._token
+
+    def _owners(self, paths: list[str]) -> list[str | None]:
+        pipe = self.client.pipeline(transaction=True)
+        for path in paths:
+            pipe.hget(self._key(path), "owner")
+        return [None if owner is None else _text(owner) for owner in pipe.execute()]
+
+    def __repr__(self) -> str:
+        return f"<FileLocks {self.repo} owner={self.owner} held={self.held}>"
+
+
+class LockWatchdog:
+    """A daemon thread that renews leases every ``interval`` seconds until stopped.
+
+    The leases are the file locks of one :class:`FileLocks` and any ``also`` callables (such as an
+    idempotency claim's heartbeat) that renew their own lease and answer False once it is lost.
+    Losses are recorded in :attr:`lost` (file paths) and :attr:`lost_leases` (the callables), set
+    :attr:`lost_event`, and call ``on_lost()``; the job checks them (or ``FileLocks.verify``) and
+    stops before it pushes. A Redis error is logged and retried on the next beat: the lease TTL,
+    not the watchdog, decides when a lease is gone.
+    """
+
+    def __init__(
+        self,
+        locks: FileLocks,
+        interval: float | None = None,
+        *,
+        also: Iterable[Callable[[], bool]] = (),
+        on_lost: Callable[[], Any] | None = None,
+    ) -> None:
+        self.locks = locks
+        self.interval = locks.ttl / 3 if interval is None else interval
+        if self.interval <= 0:
+            raise ValueError("watchdog interval must be positive")
+        self.also = list(also)
+        self.on_lost = on_lost
+        self.lost: list[str] = []
+        self.lost_leases: list[Callable[[], bool]] = []
+        self.lost_event = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def is_lost(self) -> bool:
+        """Whether any lease was lost."""
+        return self.lost_event.is_set()
+
+    def start(self) -> LockWatchdog:
+        if self._thread is not None:
+            raise RuntimeError("watchdog already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"lock-watchdog-{self.locks.operation_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop renewing at once (the thread wakes from its wait) and wait for it to end."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def beat(self) -> None:
+        """Renew every lease once; the thread calls this every interval."""
+        newly_lost = self._renew_locks()
+        lease_lost = self._renew_also()
+        if newly_lost or lease_lost:
+            self.lost_event.set()
+            if self.on_lost is not None:
+                try:
+                    self.on_lost()
+                except Exception:
+                    log.exception("on_lost callback of %s failed", self.locks.operation_id)
+
+    def __enter__(self) -> LockWatchdog:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def _renew_locks(self) -> list[str]:
+        try:
+            lost = self.locks.renew()
+        except redis.RedisError:
+            log.warning("renewing the locks of %s failed; retrying", self.locks.operation_id, exc_info=True)
+            return []
+        newly_lost = [path for path in lost if path not in self.lost]
+        if newly_lost:
+            log.error("operation %s lost the lock on %s", self.locks.operation_id, ", ".join(newly_lost))
+            self.lost.extend(newly_lost)
+        return newly_lost
+
+    def _renew_also(self) -> bool:
+        lost_any = False
+        for renew in self.also:
+            if renew in self.lost_leases:
+                continue
+            try:
+                alive = renew()
+            except Exception:
+                log.warning("renewing %r failed; retrying", renew, exc_info=True)
+                continue
+            if not alive:
+                log.error("operation %s lost the lease renewed by %r", self.locks.operation_id, renew)
+                self.lost_leases.append(renew)
+                lost_any = True
+        return lost_any
+
+
+def list_locks(client: redis.Redis, keys: Keys) -> list[LockInfo]:
+    """Every file lock in Redis, by repo and path (for ``codeworker locks``)."""
+    names = list(client.scan_iter(match=keys.lock_pattern(), count=500))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(name)
+        pipe.pttl(name)
+    replies = pipe.execute()
+    infos = []
+    for fields, pttl in zip(replies[::2], replies[1::2], strict=True):
+        record = {_text(field): _text(value) for field, value in fields.items()}
+        if "owner" not in record:
+            continue  # expired between SCAN and HGETALL
+        infos.append(
+            LockInfo(
+                repo=record.get("repo", ""),
+                path=record.get("path", ""),
+                holder=record.get("operation_id") or holder_of(record["owner"]),
+                owner=record["owner"],
+                ttl=pttl / 1000 if pttl >= 0 else None,
+            )
+        )
+    return sorted(infos, key=lambda info: (info.repo, info.path))

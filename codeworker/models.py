@@ -1,0 +1,274 @@
+"""The job a sender enqueues and the result a task returns (the brief's contract).
+
+Field names are snake_case; the original service's camelCase spellings are accepted on input.
+Validation that needs configuration (the repository allowlist, the iteration cap) reads it from
+the pydantic validation context, so the models stay plain data.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from codeworker.scan import SecretFinding
+
+OPERATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""Operation ids end up in Redis keys, directory names and branch names."""
+
+BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
+"""A conservative subset of git's check-ref-format for base branch names."""
+
+MAX_TEXT = 100_000
+"""Longest description or context text accepted, in characters."""
+
+
+class OperationType(StrEnum):
+    ERROR_FIX = "error_fix"
+    FEATURE_IMPLEMENTATION = "feature_implementation"
+    REFACTOR = "refactor"
+    TEST = "test"
+
+
+class Status(StrEnum):
+    """How an operation ended (the result's ``status``)."""
+
+    MERGED = "merged"
+    PR_OPEN = "pr_open"
+    PUSHED = "pushed"
+    NO_CHANGES = "no_changes"
+    BLOCKED = "blocked"
+    CONFLICT = "conflict"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+
+class _Model(BaseModel):
+    """Accepts snake_case and camelCase, ignores unknown fields, refuses wrong types."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="ignore",
+        str_strip_whitespace=True,
+        strict=False,
+    )
+
+
+def relative_path(value: str) -> str:
+    """A repo-relative POSIX path that cannot leave the checkout or reach into .git."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValueError(f"{value!r} is not a repo-relative path")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{value!r} must be relative to the repository root, without '..'")
+    if path.parts and path.parts[0] == ".git":
+        raise ValueError(f"{value!r} points into .git")
+    if len(value) > 1024:
+        raise ValueError("path is longer than 1024 characters")
+    return str(path)
+
+
+class Repository(_Model):
+    url: str
+    owner: str = ""
+    name: str = ""
+    branch: str = "main"
+
+    @field_validator("url")
+    @classmethod
+    def _allowed_url(cls, url: str, info: ValidationInfo) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http"):
+            raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not allowed; use https")
+        if parts.username or parts.password:
+            raise ValueError("credentials in the URL are not allowed; the worker authenticates itself")
+        if parts.query or parts.fragment:
+            raise ValueError("a repository URL has no query or fragment")
+        allowed: list[str] = (info.context or {}).get("allowed_repos", [])
+        if not any(url.startswith(prefix) for prefix in allowed):
+            raise ValueError(f"{url} is not under an allowed prefix ({', '.join(allowed) or 'none'})")
+        segments = [s for s in parts.path.split("/") if s]
+        if len(segments) < 2:
+            raise ValueError("the URL must name an owner and a repository")
+        return url
+
+    @field_validator("branch")
+    @classmethod
+    def _branch_name(cls, branch: str) -> str:
+        if not BRANCH_NAME.match(branch):
+            raise ValueError(f"{branch!r} is not a valid branch name")
+        return branch
+
+    @model_validator(mode="after")
+    def _owner_and_name_match_url(self) -> Repository:
+        segments = [s for s in urlsplit(self.url).path.split("/") if s]
+        url_owner, url_name = segments[-2], segments[-1].removesuffix(".git")
+        if self.owner and self.owner.lower() != url_owner.lower():
+            raise ValueError(f"owner {self.owner!r} does not match the URL ({url_owner!r})")
+        if self.name and self.name.lower() != url_name.lower():
+            raise ValueError(f"name {self.name!r} does not match the URL ({url_name!r})")
+        self.owner, self.name = self.owner or url_owner, self.name or url_name
+        return self
+
+
+class ErrorContext(_Model):
+    error_message: str = Field("", max_length=MAX_TEXT)
+    stack_trace: str = Field("", max_length=MAX_TEXT)
+    affected_files: list[str] = []
+
+    @field_validator("affected_files")
+    @classmethod
+    def _relative(cls, paths: list[str]) -> list[str]:
+        return [relative_path(p) for p in paths]
+
+
+class FeatureContext(_Model):
+    requirements: str | list[str] = ""
+    acceptance_criteria: str | list[str] = ""
+    test_strategy: str = Field("", max_length=MAX_TEXT)
+
+
+class Job(_Model):
+    """One code operation, as a sender enqueues it."""
+
+    operation_type: OperationType
+    description: str = Field(min_length=1, max_length=MAX_TEXT)
+    repository: Repository
+    target_files: list[str] = Field(default=[], max_length=500)
+    error_context: ErrorContext | None = None
+    feature_context: FeatureContext | None = None
+    organization_id: str = Field("", max_length=200)
+    session_id: str = Field("", max_length=200)
+    approval_required: bool = True
+    max_iterations: int | None = None
+    operation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    test_command: str | None = Field(None, max_length=2000)
+    executor: str | None = Field(None, max_length=100)
+
+    @field_validator("target_files")
+    @classmethod
+    def _relative_targets(cls, paths: list[str]) -> list[str]:
+        return sorted({relative_path(p) for p in paths})
+
+    @field_validator("operation_id")
+    @classmethod
+    def _operation_id(cls, value: str) -> str:
+        if not OPERATION_ID.match(value):
+            raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("max_iterations")
+    @classmethod
+    def _bounded_iterations(cls, value: int | None, info: ValidationInfo) -> int | None:
+        cap = (info.context or {}).get("max_iterations_cap", 10)
+        if value is not None and not 1 <= value <= cap:
+            raise ValueError(f"must be between 1 and {cap}")
+        return value
+
+    @field_validator("test_command")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or not value.strip()):
+            raise ValueError("must be a non-empty command without NUL bytes")
+        return value
+
+
+class InvalidJob(ValueError):
+    """The job cannot run as sent; ``fields`` names every bad field."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        super().__init__("invalid job: " + "; ".join(f"{k}: {v}" for k, v in fields.items()))
+
+
+def parse_job(raw: Any, *, operation_type: str, allowed_repos: list[str], max_iterations_cap: int) -> Job:
+    """Validate a sender's job for the task named ``operation_type``; raise InvalidJob naming each field."""
+    if not isinstance(raw, dict):
+        raise InvalidJob({"job": f"must be a JSON object, got {type(raw).__name__}"})
+    data = dict(raw)
+    sent_type = data.get("operation_type", data.get("operationType"))
+    if sent_type is None:
+        data["operation_type"] = operation_type
+    elif sent_type != operation_type:
+        raise InvalidJob({"operation_type": f"{sent_type!r} was sent to the {operation_type} task"})
+    context = {"allowed_repos": allowed_repos, "max_iterations_cap": max_iterations_cap}
+    try:
+        return Job.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise InvalidJob(_field_errors(exc)) from None
+
+
+def _field_errors(exc: ValidationError) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "job"
+        message = error["msg"].removeprefix("Value error, ")
+        fields[where] = f"{fields[where]}; {message}" if where in fields else message
+    return fields
+
+
+class TestRun(BaseModel):
+    """One run of the repository's test command."""
+
+    __test__ = False
+
+    command: str
+    exit_code: int | None
+    passed: bool
+    timed_out: bool = False
+    output_tail: str = ""
+
+
+class Verification(BaseModel):
+    before: TestRun | None = None
+    after: TestRun | None = None
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class PullRequestInfo(BaseModel):
+    number: int
+    url: str
+    title: str
+    draft: bool = False
+
+
+class Result(BaseModel):
+    """The task's return value."""
+
+    success: bool
+    operation_id: str | None
+    status: Status
+    branch: str | None = None
+    commits: list[str] = []
+    pr: PullRequestInfo | None = None
+    files_modified: list[str] = []
+    iterations: int = 0
+    duration: float = 0.0
+    error: str | None = None
+    verification: Verification = Verification()
+    usage: Usage = Usage()
+    secret_findings: list[SecretFinding] = []
+    summary: str = ""

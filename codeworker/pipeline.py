@@ -1,0 +1,401 @@
+"""The one pipeline every task runs.
+
+    validate -> claim -> checkout -> register branch -> lock -> execute -> scan -> commit
+    -> push -> PR or merge -> record result; locks, worktree and branch status cleaned on every path
+
+:class:`Pipeline` holds the per-process services; :class:`OperationRun` holds one job's state.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from codeworker import logs
+from codeworker.checkout import Checkout
+from codeworker.claims import ClaimState, OperationClaims
+from codeworker.config import Settings, get_settings
+from codeworker.github import GitHubError, PullRequests
+from codeworker.keys import Keys, repo_id
+from codeworker.locks import FileLocks, LockWatchdog
+from codeworker.models import (
+    InvalidJob,
+    Job,
+    PullRequestInfo,
+    Result,
+    Status,
+    Usage,
+    Verification,
+    parse_job,
+)
+from codeworker.registry import BranchRecord, BranchRegistry, BranchStatus
+from codeworker.report import commit_message, pr_body, pr_title
+from codeworker.scan import SecretFinding, SecretScanner
+from codeworker.workspace import MergeConflict, Mirrors, PushRejected, Worktree
+from executors.base import Executor, Outcome
+from executors.registry import UnknownExecutor, load_executor
+
+log = logging.getLogger("codeworker.pipeline")
+
+MERGE_ATTEMPTS = 2
+"""A base that moves between our fetch and our push gets one fresh merge before we give up."""
+
+
+class Progress(BaseModel):
+    """What a task publishes as its PROGRESS state (Flower, ``AsyncResult.info``)."""
+
+    operation_id: str
+    stage: str
+    iteration: int = 0
+    max_iterations: int = 0
+    branch: str | None = None
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+class OperationBusy(Exception):
+    """The operation is running elsewhere with a live heartbeat; try again later."""
+
+    def __init__(self, operation_id: str, holder: str | None, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"operation {operation_id} is running on {holder}; retry in {retry_after:.0f}s")
+
+
+class StageFailed(Exception):
+    """A failure the result reports with its own status (blocked, conflict, no changes...)."""
+
+    def __init__(self, status: Status, message: str, findings: list[SecretFinding] | None = None) -> None:
+        self.status = status
+        self.findings = findings or []
+        super().__init__(message)
+
+
+def branch_name(job: Job) -> str:
+    """``codeworker/<operation_type>/<short id>-<slug>``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", job.description.lower()).strip("-")[:40].strip("-") or "change"
+    short = re.sub(r"[^A-Za-z0-9]", "", job.operation_id)[:8] or "op"
+    return f"codeworker/{job.operation_type}/{short}-{slug}"
+
+
+@dataclass
+class Pipeline:
+    """Per-process services shared by every job this process runs."""
+
+    settings: Settings
+    registry: BranchRegistry
+    claims: OperationClaims
+    mirrors: Mirrors
+    scanner: SecretScanner
+    pulls: PullRequests
+    redis: redis.Redis
+    keys: Keys
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        keys = Keys(settings.key_prefix)
+        token = settings.github_token.get_secret_value()
+        logs.register_secret(token)
+        logs.register_secret(base64.b64encode(f"x-access-token:{token}".encode()).decode())
+        logs.register_secret(settings.anthropic_api_key.get_secret_value())
+        return cls(
+            settings=settings,
+            registry=BranchRegistry(client, keys),
+            claims=OperationClaims(client, keys, settings.claim_ttl, settings.result_expires),
+            mirrors=Mirrors(
+                settings.workspace_root,
+                settings.github_token,
+                settings.git_connect_timeout_ms,
+                settings.git_read_timeout_ms,
+            ),
+            scanner=SecretScanner(settings.scanner, settings.scan_timeout),
+            pulls=PullRequests(
+                settings.github_api_url, settings.github_token, settings.github_seconds_between_writes
+            ),
+            redis=client,
+            keys=keys,
+        )
+
+    def run(self, raw: Any, operation_type: str, progress: ProgressSink | None = None) -> dict[str, Any]:
+        """Run one job to its result (a JSON-able dict). Raises only OperationBusy."""
+        started = time.monotonic()
+        try:
+            job = parse_job(
+                raw,
+                operation_type=operation_type,
+                allowed_repos=self.settings.allowed_repos,
+                max_iterations_cap=self.settings.max_iterations_cap,
+            )
+            executor = load_executor(job.executor, job.operation_type)
+        except (InvalidJob, UnknownExecutor) as exc:
+            sent_id = raw.get("operation_id") if isinstance(raw, dict) else None
+            log.warning("job rejected: %s", exc)
+            return Result(
+                success=False,
+                operation_id=sent_id if isinstance(sent_id, str) else None,
+                status=Status.INVALID,
+                error=logs.scrub(str(exc)),
+            ).model_dump(mode="json")
+
+        with logs.bound_operation(job.operation_id):
+            claim = self.claims.claim(job.operation_id)
+            if claim.state is ClaimState.FINISHED:
+                log.info("operation already finished; returning its recorded result")
+                assert claim.result is not None
+                return claim.result
+            if claim.state is ClaimState.BUSY:
+                raise OperationBusy(job.operation_id, claim.holder, claim.retry_after)
+            assert claim.owner is not None
+            log.info("operation started", extra={"operation_type": job.operation_type})
+            result = OperationRun(self, job, executor, claim.owner, progress, started).execute()
+            self.claims.finish(job.operation_id, claim.owner, result)
+            log.info("operation finished", extra={"status": result["status"], "success": result["success"]})
+            return result
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> Pipeline:
+    """The process's pipeline, built on first use (after the prefork pool has forked)."""
+    return Pipeline.from_settings(get_settings())
+
+
+class OperationRun:
+    """One job's trip through the stages; every exit path goes through :meth:`_cleanup`."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        job: Job,
+        executor: Executor,
+        owner: str,
+        progress: ProgressSink | None,
+        started: float,
+    ) -> None:
+        self.p = pipeline
+        self.job = job
+        self.executor = executor
+        self.owner = owner
+        self.progress = progress
+        self.started = started
+        self.repo = repo_id(job.repository.url)
+        self.branch = branch_name(job)
+        self.locks = FileLocks(
+            pipeline.redis, pipeline.keys, self.repo, job.operation_id, pipeline.settings.lock_ttl
+        )
+        self.worktree: Worktree | None = None
+        self.checkout: Checkout | None = None
+        self.registered = False
+        self.pushed = False
+        self.outcome: Outcome | None = None
+        self.files: list[str] = []
+        self.commits: list[str] = []
+
+    @property
+    def max_iterations(self) -> int:
+        return self.job.max_iterations or self.p.settings.default_max_iterations
+
+    def execute(self) -> dict[str, Any]:
+        watchdog = LockWatchdog(
+            self.locks,
+            interval=self.p.settings.lock_ttl / 3,
+            also=[lambda: self.p.claims.heartbeat(self.job.operation_id, self.owner)],
+        )
+        try:
+            with watchdog:
+                result = self._stages(watchdog)
+        except StageFailed as exc:
+            result = self._failed(exc.status, str(exc), exc.findings)
+        except Exception as exc:  # the job ends with a result whatever broke; the log keeps the trace
+            log.exception("operation failed in an unexpected way")
+            result = self._failed(Status.FAILED, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._cleanup()
+        return result.model_dump(mode="json")
+
+    def _stage(self, stage: str) -> None:
+        log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
+        if self.progress is not None:
+            iteration = self.outcome.iterations if self.outcome else 0
+            self.progress(
+                Progress(
+                    operation_id=self.job.operation_id,
+                    stage=stage,
+                    iteration=iteration,
+                    max_iterations=self.max_iterations,
+                    branch=self.branch,
+                )
+            )
+
+    def _stages(self, watchdog: LockWatchdog) -> Result:
+        job = self.job
+        self._stage("checkout")
+        self.worktree = self.p.mirrors.checkout(
+            job.repository.url, job.repository.branch, self.branch, job.operation_id
+        )
+        self._stage("register")
+        self.p.registry.register(
+            BranchRecord.new(
+                repository=job.repository.url,
+                repo=self.repo,
+                branch=self.branch,
+                operation_id=job.operation_id,
+                operation_type=job.operation_type,
+                files=job.target_files,
+            )
+        )
+        self.registered = True
+
+        self._stage("lock")
+        if job.target_files:
+            fence = self.locks.acquire(job.target_files, wait=self.p.settings.lock_wait)
+            self.p.registry.update(self.repo, self.branch, fencing_token=fence)
+
+        self._stage("execute")
+        self.checkout = Checkout(self.worktree, self.locks, self.p.settings.command_timeout, job.test_command)
+        self.outcome = self.executor.run(job, self.checkout)
+        self.files = self.worktree.changed_files()
+        if not self.files:
+            raise StageFailed(Status.NO_CHANGES, f"the {self.executor.name} executor made no changes")
+        # Whatever the executor did, nothing is committed that this operation does not hold.
+        for path in self.files:
+            self.checkout.lock(path)
+        self.p.registry.update(
+            self.repo, self.branch, files=self.files, fencing_token=self.locks.fencing_token
+        )
+
+        self._stage("scan")
+        findings = self.p.scanner.scan(self.worktree.added_lines())
+        blocking = SecretScanner.blocking(findings)
+        if blocking:
+            where = ", ".join(f"{f.path}:{f.line} ({f.rule})" for f in blocking)
+            raise StageFailed(Status.BLOCKED, f"secret scan blocked the commit: {where}", findings)
+
+        self._stage("commit")
+        settings = self.p.settings
+        self.worktree.commit(
+            commit_message(job, self.outcome), settings.git_author_name, settings.git_author_email
+        )
+        self.commits = self.worktree.commits()
+
+        self._stage("push")
+        self._check_leases(watchdog)
+        self.worktree.push()
+        self.pushed = True
+        self.p.registry.transition(self.repo, self.branch, BranchStatus.PUSHED)
+        if job.approval_required:
+            return self._open_pull_request(findings)
+        return self._merge(watchdog, findings)
+
+    def _check_leases(self, watchdog: LockWatchdog) -> None:
+        """Stop before anything leaves the machine if a lock was lost (expired or taken)."""
+        if watchdog.is_lost:
+            what = ", ".join(watchdog.lost) or "the operation's claim (another worker took it over)"
+            raise StageFailed(Status.FAILED, f"lost the lock on {what}; stopped before pushing")
+        self.locks.verify()
+
+    def _open_pull_request(self, findings: list[SecretFinding]) -> Result:
+        assert self.outcome is not None
+        self._stage("pull_request")
+        job = self.job
+        try:
+            pr = self.p.pulls.open(
+                job.repository.owner,
+                job.repository.name,
+                head=self.branch,
+                base=job.repository.branch,
+                title=pr_title(job),
+                body=pr_body(job, self.outcome, self.files, findings),
+                draft=not self.outcome.verified,
+                labels=self.p.settings.pr_labels,
+            )
+        except GitHubError as exc:
+            return self._result(Status.PUSHED, findings, error=f"branch pushed, pull request failed: {exc}")
+        self.p.registry.transition(
+            self.repo, self.branch, BranchStatus.PR_OPEN, pr_number=pr.number, pr_url=pr.url
+        )
+        info = PullRequestInfo(number=pr.number, url=pr.url, title=pr.title, draft=pr.draft)
+        return self._result(Status.PR_OPEN, findings, pr=info)
+
+    def _merge(self, watchdog: LockWatchdog, findings: list[SecretFinding]) -> Result:
+        assert self.worktree is not None
+        self._stage("merge")
+        self.p.registry.transition(self.repo, self.branch, BranchStatus.MERGING)
+        settings = self.p.settings
+        message = f"Merge {self.branch} into {self.job.repository.branch}"
+        for attempt in range(1, MERGE_ATTEMPTS + 1):
+            self._check_leases(watchdog)
+            try:
+                self.worktree.merge_into_base(message, settings.git_author_name, settings.git_author_email)
+                break
+            except MergeConflict as exc:
+                raise StageFailed(
+                    Status.CONFLICT, f"{self.job.repository.branch} moved and conflicts: {exc}; branch kept"
+                ) from None
+            except PushRejected:
+                if attempt == MERGE_ATTEMPTS:
+                    raise
+        self.p.registry.transition(self.repo, self.branch, BranchStatus.MERGED)
+        return self._result(Status.MERGED, findings)
+
+    def _result(
+        self,
+        status: Status,
+        findings: list[SecretFinding],
+        pr: PullRequestInfo | None = None,
+        error: str | None = None,
+    ) -> Result:
+        outcome = self.outcome
+        verified = outcome is not None and outcome.verified
+        if error is None and not verified and status not in (Status.FAILED, Status.INVALID):
+            error = "verification failed: the change did not keep the tests as they were"
+        return Result(
+            success=error is None,
+            operation_id=self.job.operation_id,
+            status=status,
+            branch=self.branch,
+            commits=self.commits if self.pushed else [],
+            pr=pr,
+            files_modified=self.files,
+            iterations=outcome.iterations if outcome else 0,
+            duration=round(time.monotonic() - self.started, 3),
+            error=logs.scrub(error) if error else None,
+            verification=outcome.verification if outcome else Verification(),
+            usage=outcome.usage if outcome else Usage(),
+            secret_findings=findings,
+            summary=outcome.summary if outcome else "",
+        )
+
+    def _failed(self, status: Status, error: str, findings: list[SecretFinding] | None = None) -> Result:
+        log.warning("operation failed: %s", error, extra={"status": status})
+        if self.registered:
+            self._mark_branch(BranchStatus.FAILED, error)
+        return self._result(status, findings or [], error=error)
+
+    def _mark_branch(self, status: BranchStatus, error: str) -> None:
+        try:
+            self.p.registry.transition(self.repo, self.branch, status, error=logs.scrub(error)[:2000])
+        except Exception:  # already in a final state (e.g. pushed, then PR failed): keep it
+            log.info("branch record kept its status", exc_info=True)
+
+    def _cleanup(self) -> None:
+        """Release locks, remove the worktree and the command home, whatever happened before."""
+        steps: list[Callable[[], None]] = [self.locks.release]
+        if self.checkout is not None:
+            steps.append(self.checkout.close)
+        if self.worktree is not None:
+            steps.append(self.worktree.remove)
+        for step in steps:
+            try:
+                step()
+            except Exception:  # one failed cleanup step must not skip the others
+                log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))

@@ -1,0 +1,1 @@
+"""``make demo``: one real operation end to end on loopback."""

@@ -1,0 +1,1 @@
+"""Executors: what changes the code inside a job's workspace. Found through entry points."""

@@ -1,0 +1,58 @@
+"""``autofix``: ruff's safe fixes and formatting, verified by an unchanged test outcome.
+
+A deterministic executor with no model behind it: it proves the plugin registry with a second
+kind of executor and gives the demo something real to push.
+"""
+
+from __future__ import annotations
+
+from ruff.__main__ import find_ruff_bin
+
+from codeworker.models import Job, TestRun, Verification
+from executors.base import Outcome, Workspace
+
+
+class AutofixExecutor:
+    """Runs ``ruff check --fix`` and ``ruff format`` on the target files (or every Python file)."""
+
+    name = "autofix"
+
+    def run(self, job: Job, workspace: Workspace) -> Outcome:
+        test_command = workspace.test_command()
+        before = self._tests(workspace, test_command)
+        targets = [path for path in job.target_files if path.endswith((".py", ".pyi"))] or ["."]
+        ruff = str(find_ruff_bin())
+        # --no-cache: the checkout is thrown away, a cache would only add files to the diff.
+        fix = workspace.run([ruff, "check", "--fix", "--exit-zero", "--no-cache", "--quiet", *targets])
+        fmt = workspace.run([ruff, "format", "--no-cache", "--quiet", *targets])
+        for result in (fix, fmt):
+            if result.exit_code not in (0, 1) or result.timed_out:
+                raise RuntimeError(f"{result.command} failed: {result.output.strip()[-500:]}")
+        changed = workspace.changed_files()
+        for path in changed:
+            workspace.lock(path)
+        after = self._tests(workspace, test_command)
+        verified = before is None or after is None or before.passed == after.passed
+        summary = (
+            f"ruff fixed and formatted {len(changed)} file(s)" if changed else "ruff found nothing to fix"
+        )
+        return Outcome(
+            summary=summary,
+            files_changed=changed,
+            iterations=1,
+            verified=verified,
+            verification=Verification(before=before, after=after),
+        )
+
+    @staticmethod
+    def _tests(workspace: Workspace, command: str | None) -> TestRun | None:
+        if command is None:
+            return None
+        result = workspace.run(command)
+        return TestRun(
+            command=command,
+            exit_code=result.exit_code,
+            passed=result.ok,
+            timed_out=result.timed_out,
+            output_tail=result.output[-2000:],
+        )

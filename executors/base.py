@@ -1,0 +1,59 @@
+"""The executor interface: a small Protocol on each side of the pipeline/executor boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from codeworker.commands import CommandResult
+from codeworker.models import Job, Usage, Verification
+
+
+class Workspace(Protocol):
+    """What an executor may do: files inside the checkout, commands, and one more lock."""
+
+    @property
+    def root(self) -> Path:
+        """The checkout; every path below is relative to it."""
+
+    def resolve(self, path: str) -> Path:
+        """The real path of ``path`` inside the checkout; ValueError if it would leave it."""
+
+    def read_file(self, path: str) -> str: ...
+
+    def write_file(self, path: str, content: str) -> None:
+        """Write ``path``, locking it first (LockHeld if another operation holds it)."""
+
+    def lock(self, path: str) -> None:
+        """Lock one more file for this operation (LockHeld if another operation holds it)."""
+
+    def run(self, command: str | Sequence[str], timeout: float | None = None) -> CommandResult: ...
+
+    def changed_files(self) -> list[str]:
+        """Paths changed so far, relative to the checkout."""
+
+    def test_command(self) -> str | None:
+        """The job's test command, else the repository's, else a detected one."""
+
+
+class Outcome(BaseModel):
+    """What an executor reports back; the pipeline decides what to push."""
+
+    summary: str
+    files_changed: list[str] = []
+    iterations: int = 1
+    verified: bool = True
+    verification: Verification = Verification()
+    usage: Usage = Usage()
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Changes the code for one job. ``name`` is its entry-point name."""
+
+    name: str
+
+    def run(self, job: Job, workspace: Workspace) -> Outcome: ...

@@ -1,0 +1,16 @@
+"""codeworker.refactor: Refactor the target files without changing behaviour."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from codeworker.celery import app
+from tasks import run_operation
+
+
+@app.task(name="codeworker.refactor", bind=True)
+def refactor(self: Task, job: Any) -> dict[str, Any]:
+    """Refactor the target files without changing behaviour."""
+    return run_operation(self, job, "refactor")

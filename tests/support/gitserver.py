@@ -1,0 +1,326 @@
+"""A real smart-HTTP git server on loopback, for tests, the demo and benchmarks.
+
+``git http-backend`` (CGI) behind a threaded ``http.server``, guarded by the same HTTP Basic
+``x-access-token:<token>`` scheme GitHub accepts, so the worker's production HTTPS code path (libgit2
+transport, auth header, chunked pushes, server-side ref rejection) is what the tests exercise.
+
+Server-side preparation (creating repositories, committing "as someone else", reading what was
+pushed) uses the git CLI on the bare repositories directly: it is test scaffolding, not the code under
+test, and it must not share code paths with the pygit2 workspace it checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import BinaryIO
+
+_HTTP_BACKEND = (
+    Path(subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip())
+    / "git-http-backend"
+)
+
+# Identity of commits the server makes itself (initial commits, "someone else moved the base").
+_SERVER_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Git Server",
+    "GIT_AUTHOR_EMAIL": "server@example.invalid",
+    "GIT_COMMITTER_NAME": "Git Server",
+    "GIT_COMMITTER_EMAIL": "server@example.invalid",
+}
+
+# The update hook is Python (the interpreter running the tests), so a pattern is never pasted into
+# shell code. It reads one glob per line from the file next to it and refuses matching refs.
+_UPDATE_HOOK = """#!{python}
+import fnmatch, pathlib, sys
+refname = sys.argv[1]
+patterns = pathlib.Path(__file__).with_name("rejected-refs").read_text().splitlines()
+for pattern in patterns:
+    if pattern and fnmatch.fnmatchcase(refname, pattern):
+        print(f"codeworker-test-server: pushes to {{refname}} are not allowed", file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+class GitServerError(RuntimeError):
+    """A server-side git command failed while preparing or inspecting a repository."""
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it, so tests can assert what clients sent (and did not)."""
+
+    method: str
+    path: str
+    """Path and query string exactly as requested."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: bytes = b"") -> str:
+    """Run a git command; raise GitServerError with its stderr when it fails."""
+    full_env = {**os.environ, **_SERVER_IDENTITY, **(env or {})}
+    proc = subprocess.run(["git", *args], cwd=cwd, env=full_env, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        raise GitServerError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout.decode()
+
+
+def _read_chunked(stream: BinaryIO) -> bytes:
+    """Decode an HTTP/1.1 chunked body; http-backend reads a plain stream, libgit2 sends chunks."""
+    body = bytearray()
+    while True:
+        size_line = stream.readline()
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            # Trailers (if any) end with an empty line.
+            while stream.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(body)
+        body += stream.read(size)
+        stream.readline()  # CRLF after each chunk
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Authenticates, records, de-chunks, and hands each request to ``git http-backend``."""
+
+    # Keep-alive, as GitHub does; every response therefore carries a Content-Length.
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silent: the request list is the log, and stderr noise hides test output."""
+
+    def _serve(self) -> None:
+        git_server = self.server.git_server
+        git_server.record(RecordedRequest(self.command, self.path, dict(self.headers.items())))
+        if not git_server.authorized(self.headers.get("Authorization")):
+            self._unauthorized()
+            return
+        body = self._read_body()
+        path, _, query = self.path.partition("?")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": str(git_server.root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "REQUEST_METHOD": self.command,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": self.client_address[0],
+            "REMOTE_USER": "x-access-token",
+        }
+        if encoding := self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = encoding
+        if protocol := self.headers.get("Git-Protocol"):
+            env["GIT_PROTOCOL"] = protocol
+        proc = subprocess.run([str(_HTTP_BACKEND)], input=body, env=env, capture_output=True)
+        self._relay_cgi(proc.stdout)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return _read_chunked(self.rfile)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _unauthorized(self) -> None:
+        body = b"authentication required\n"
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        # The request body was not read; closing keeps the next request on this socket unconfused.
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _relay_cgi(self, output: bytes) -> None:
+        head, sep, body = output.partition(b"\r\n\r\n")
+        if not sep:
+            head, _, body = output.partition(b"\n\n")
+        status = 200
+        headers: list[tuple[str, str]] = []
+        for raw in head.decode("latin-1").splitlines():
+            name, _, value = raw.partition(":")
+            if name.lower() == "status":
+                status = int(value.strip().split()[0])
+            elif name:
+                headers.append((name.strip(), value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    git_server: GitServer
+
+
+class GitServer:
+    """Bare repositories under ``root`` served over smart HTTP on 127.0.0.1, token required."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        self.requests: list[RecordedRequest] = []
+        self._requests_lock = threading.Lock()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd.git_server = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="git-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> GitServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("GitServer is not started")
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def url(self, owner: str, name: str) -> str:
+        """The clone URL of a repository (never carries credentials)."""
+        return f"{self.base_url}{owner}/{name}.git"
+
+    # -- used by the handler ---------------------------------------------------------------------
+
+    def authorized(self, header: str | None) -> bool:
+        return header is not None and hmac.compare_digest(header.encode(), self._expected.encode())
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._requests_lock:
+            self.requests.append(request)
+
+    # -- repository preparation and inspection ---------------------------------------------------
+
+    def repo_path(self, owner: str, name: str) -> Path:
+        return self.root / owner / f"{name}.git"
+
+    def create_repo(self, owner: str, name: str, files: dict[str, str], branch: str = "main") -> str:
+        """A bare repository with one commit holding ``files`` on ``branch``; returns its clone URL."""
+        path = self.repo_path(owner, name)
+        if path.exists():
+            raise GitServerError(f"repository {owner}/{name} already exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(path))
+        _git("config", "http.receivepack", "true", cwd=path)
+        self._commit(path, branch, files, "Initial commit", parent=None)
+        return self.url(owner, name)
+
+    def commit_on(
+        self, owner: str, name: str, branch: str, files: dict[str, str | None], message: str
+    ) -> str:
+        """Commit directly on the server (someone else moving ``branch``); ``None`` deletes a file."""
+        path = self.repo_path(owner, name)
+        parent = self.ref_sha(owner, name, branch)
+        return self._commit(path, branch, files, message, parent=parent)
+
+    def read_file(self, owner: str, name: str, ref: str, path: str) -> str | None:
+        repo = self.repo_path(owner, name)
+        proc = subprocess.run(["git", "cat-file", "blob", f"{ref}:{path}"], cwd=repo, capture_output=True)
+        return proc.stdout.decode() if proc.returncode == 0 else None
+
+    def ref_sha(self, owner: str, name: str, ref: str) -> str | None:
+        repo = self.repo_path(owner, name)
+        proc = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        )
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def branches(self, owner: str, name: str) -> list[str]:
+        out = _git(
+            "for-each-ref", "--format=%(refname:short)", "refs/heads/", cwd=self.repo_path(owner, name)
+        )
+        return sorted(out.split())
+
+    def parents(self, owner: str, name: str, ref: str) -> list[str]:
+        """Parents of a commit; tests use it to tell a fast-forward from a merge commit."""
+        out = _git("rev-list", "--parents", "-n", "1", ref, cwd=self.repo_path(owner, name))
+        return out.split()[1:]
+
+    def reject_refs(self, owner: str, name: str, pattern: str) -> None:
+        """Refuse pushes to refs matching the glob ``pattern`` (e.g. ``refs/heads/protected/*``).
+
+        An ``update`` hook rejects per ref, as GitHub's branch protection does, so the client sees
+        the ref reported as not updated while the push itself succeeds at the protocol level.
+        """
+        hooks = self.repo_path(owner, name) / "hooks"
+        patterns = hooks / "rejected-refs"
+        with patterns.open("a") as fh:
+            fh.write(pattern + "\n")
+        hook = hooks / "update"
+        hook.write_text(_UPDATE_HOOK.format(python=sys.executable))
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    def _commit(
+        self, repo: Path, branch: str, files: dict[str, str | None], message: str, parent: str | None
+    ) -> str:
+        """Build a commit with plumbing and a private index, so the bare repository needs no checkout."""
+        with tempfile.TemporaryDirectory(prefix="cw-gitserver-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            if parent is not None:
+                _git("read-tree", parent, cwd=repo, env=env)
+            # --index-info works without a work tree; mode 0 removes an entry.
+            lines = []
+            for path, content in files.items():
+                if content is None:
+                    lines.append(f"0 {'0' * 40}\t{path}\n")
+                    continue
+                blob = _git("hash-object", "-w", "--stdin", cwd=repo, stdin=content.encode()).strip()
+                lines.append(f"100644 {blob}\t{path}\n")
+            _git("update-index", "--index-info", cwd=repo, env=env, stdin="".join(lines).encode())
+            tree = _git("write-tree", cwd=repo, env=env).strip()
+            args = ["commit-tree", tree, "-m", message]
+            if parent is not None:
+                args += ["-p", parent]
+            sha = _git(*args, cwd=repo).strip()
+            old = parent or "0" * 40
+            _git("update-ref", f"refs/heads/{branch}", sha, old, cwd=repo)
+            return sha

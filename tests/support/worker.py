@@ -1,0 +1,92 @@
+"""A real ``codeworker worker`` process (Celery prefork), for end-to-end tests, the demo and bench."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+
+
+class WorkerProcess:
+    """Starts ``codeworker worker`` with ``env`` and keeps every line it prints."""
+
+    def __init__(
+        self, env: Mapping[str, str], name: str = "w1", concurrency: int = 2, with_test_plugins: bool = True
+    ) -> None:
+        self.env = {**os.environ, **env}
+        if with_test_plugins:
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), self.env.get("PYTHONPATH")]))
+        self.name = name
+        self.concurrency = concurrency
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self._ready = threading.Event()
+        self._changed = threading.Condition()
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "codeworker"),
+                "worker",
+                "-c",
+                str(self.concurrency),
+                "-n",
+                f"{self.name}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout) or self.process.poll() is not None:
+            self.stop()
+            raise RuntimeError("worker did not become ready:\n" + "\n".join(self.lines[-40:]))
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+            # Celery prints "<name>@<host> ready." once the consumer is up.
+            if " ready." in line:
+                self._ready.set()
+        self._ready.set()
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> str:
+        """Block until the worker prints a line containing ``text``."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: next((line for line in self.lines if text in line), None), timeout
+            )
+        if not found:
+            raise TimeoutError(f"worker never printed {text!r}")
+        return found
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code

@@ -1,0 +1,237 @@
+"""The pipeline in-process, with executors written in the test: every exit path cleans up."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from codeworker.config import Settings
+from codeworker.keys import Keys, repo_id
+from codeworker.locks import FileLocks
+from codeworker.models import Job, parse_job
+from codeworker.pipeline import OperationRun, Pipeline, Progress, branch_name
+from codeworker.registry import BranchStatus
+from executors.base import Outcome, Workspace
+from tests.conftest import GITHUB_TOKEN
+from tests.support.github_stub import GitHubStub
+from tests.support.gitserver import GitServer
+from tests.support.redis_server import RedisServer
+
+APP_PY = "def answer():\n    return 42\n"
+
+
+class FnExecutor:
+    """An executor whose work is a function of the test."""
+
+    name = "fn"
+
+    def __init__(self, work: Callable[[Workspace], None]) -> None:
+        self.work = work
+
+    def run(self, job: Job, workspace: Workspace) -> Outcome:
+        self.work(workspace)
+        return Outcome(summary="test change", files_changed=workspace.changed_files())
+
+
+@pytest.fixture()
+def pipe(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    git_server: GitServer,
+    github_stub: GitHubStub,
+    tmp_path: Path,
+) -> Iterator[Pipeline]:
+    settings = Settings(
+        redis_url=redis_server.url,
+        workspace_root=tmp_path / "ws",
+        github_token=SecretStr(GITHUB_TOKEN),
+        github_api_url=github_stub.url,
+        allowed_repos=[git_server.base_url],
+        lock_wait=0,
+        lock_ttl=5,
+    )
+    yield Pipeline.from_settings(settings)
+
+
+@pytest.fixture()
+def repo(git_server: GitServer) -> tuple[str, str]:
+    name = f"pipe-{uuid.uuid4().hex[:8]}"
+    return name, git_server.create_repo("acme", name, {"app.py": APP_PY, "lib/util.py": "X = 1\n"})
+
+
+def make_job(pipe: Pipeline, url: str, name: str, **extra: object) -> Job:
+    raw = {
+        "description": "Change the answer",
+        "repository": {"url": url, "owner": "acme", "name": name},
+        **extra,
+    }
+    return parse_job(
+        raw, operation_type="refactor", allowed_repos=pipe.settings.allowed_repos, max_iterations_cap=10
+    )
+
+
+def run(
+    pipe: Pipeline,
+    job: Job,
+    work: Callable[[Workspace], None],
+    progress: Callable[[Progress], None] | None = None,
+) -> dict:
+    claim = pipe.claims.claim(job.operation_id)
+    assert claim.owner is not None
+    return OperationRun(pipe, job, FnExecutor(work), claim.owner, progress, time.monotonic()).execute()
+
+
+def assert_clean(pipe: Pipeline, job: Job) -> None:
+    """No lock left, no worktree left."""
+    assert list(pipe.redis.scan_iter(Keys().lock_pattern())) == []
+    worktrees = pipe.settings.workspace_root / "worktrees"
+    assert not (worktrees / job.operation_id).exists()
+
+
+def test_stages_are_reported_in_order(pipe, repo):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+    stages: list[str] = []
+    result = run(
+        pipe,
+        job,
+        lambda ws: ws.write_file("app.py", "def answer():\n    return 43\n"),
+        lambda p: stages.append(p.stage),
+    )
+    assert result["status"] == "pr_open", result["error"]
+    assert stages == ["checkout", "register", "lock", "execute", "scan", "commit", "push", "pull_request"]
+    assert_clean(pipe, job)
+
+
+def test_executor_crash_fails_cleanly(pipe, repo, git_server):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+
+    def crash(ws: Workspace) -> None:
+        ws.write_file("app.py", "broken")
+        raise RuntimeError("executor exploded")
+
+    result = run(pipe, job, crash)
+
+    assert result["status"] == "failed" and "executor exploded" in result["error"]
+    assert result["commits"] == []
+    assert git_server.branches("acme", name) == ["main"]
+    assert pipe.registry.get(repo_id(url), branch_name(job)).status == BranchStatus.FAILED
+    assert_clean(pipe, job)
+
+
+@pytest.mark.parametrize(
+    "path", ["../outside.txt", "/etc/passwd", ".git/hooks/pre-commit", "link/escape.txt"]
+)
+def test_writes_outside_the_checkout_are_refused(pipe, repo, path, tmp_path):
+    name, url = repo
+    job = make_job(pipe, url, name)
+
+    def escape(ws: Workspace) -> None:
+        (ws.root / "link").symlink_to(tmp_path)
+        ws.write_file(path, "pwned")
+
+    result = run(pipe, job, escape)
+
+    assert result["status"] == "failed"
+    assert (
+        "outside the checkout" in result["error"]
+        or ".git" in result["error"]
+        or "relative" in result["error"]
+    )
+    assert not (tmp_path / "escape.txt").exists()
+    assert_clean(pipe, job)
+
+
+def test_a_changed_file_held_by_another_operation_stops_the_job(pipe, repo, git_server):
+    name, url = repo
+    other = FileLocks(pipe.redis, pipe.keys, repo_id(url), "op-other", ttl=30)
+    other.acquire(["lib/util.py"], wait=0)
+    job = make_job(pipe, url, name)
+
+    result = run(pipe, job, lambda ws: (ws.root / "lib/util.py").write_text("X = 2\n"))
+
+    assert result["status"] == "failed"
+    assert "lib/util.py is locked by operation op-other" in result["error"]
+    assert git_server.branches("acme", name) == ["main"]
+    other.verify()
+    other.release()
+    assert_clean(pipe, job)
+
+
+def test_a_lock_lost_before_push_stops_the_push(pipe, repo, git_server):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+
+    def steal(ws: Workspace) -> None:
+        ws.write_file("app.py", "stolen = True\n")
+        # Another operation takes the file over, as if our TTL had expired.
+        pipe.redis.delete(Keys().lock(repo_id(url), "app.py"))
+        FileLocks(pipe.redis, pipe.keys, repo_id(url), "op-thief", ttl=30).acquire(["app.py"], wait=0)
+
+    result = run(pipe, job, steal)
+
+    assert result["status"] == "failed" and "app.py" in result["error"]
+    assert git_server.branches("acme", name) == ["main"]
+    thief = pipe.redis.hgetall(Keys().lock(repo_id(url), "app.py"))
+    assert thief["operation_id"] == "op-thief"
+
+
+def test_no_changes_is_reported_and_nothing_pushed(pipe, repo, git_server):
+    name, url = repo
+    job = make_job(pipe, url, name)
+    result = run(pipe, job, lambda ws: None)
+    assert result["status"] == "no_changes" and result["success"] is False
+    assert git_server.branches("acme", name) == ["main"]
+    assert_clean(pipe, job)
+
+
+def test_pull_request_failure_leaves_a_pushed_branch(pipe, repo, git_server, github_stub):
+    name, url = repo
+    job = make_job(pipe, url, name)
+    github_stub.fail_next("POST", rf"/repos/acme/{name}/pulls$", status=503, after_processing=False, times=3)
+
+    result = run(pipe, job, lambda ws: ws.write_file("NEW.md", "new\n"))
+
+    assert result["status"] == "pushed" and result["success"] is False
+    assert "pull request failed" in result["error"] and "503" in result["error"]
+    assert result["branch"] in git_server.branches("acme", name)
+    assert len(result["commits"]) == 1
+    assert pipe.registry.get(repo_id(url), result["branch"]).status == BranchStatus.PUSHED
+    assert_clean(pipe, job)
+
+
+def test_unverified_change_opens_a_draft(pipe, repo, github_stub):
+    name, url = repo
+    job = make_job(pipe, url, name)
+
+    class Unverified(FnExecutor):
+        def run(self, job: Job, workspace: Workspace) -> Outcome:
+            return super().run(job, workspace).model_copy(update={"verified": False})
+
+    claim = pipe.claims.claim(job.operation_id)
+    executor = Unverified(lambda ws: ws.write_file("NEW.md", "draft\n"))
+    result = OperationRun(pipe, job, executor, claim.owner, None, time.monotonic()).execute()
+
+    assert result["status"] == "pr_open" and result["success"] is False
+    assert result["pr"]["draft"] is True
+    assert github_stub.pull_requests("acme", name)[0]["draft"] is True
+
+
+def test_pipeline_run_records_the_result_for_redelivery(pipe, repo):
+    _, url = repo
+    raw = {
+        "description": "{}",
+        "repository": {"url": url},
+        "executor": "autofix",
+        "operation_id": "op-redeliver",
+    }
+    first = pipe.run(raw, "refactor")
+    assert pipe.run(raw, "refactor") == first
+    assert pipe.claims.get("op-redeliver")["state"] == "finished"

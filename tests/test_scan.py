@@ -1,0 +1,253 @@
+"""Secret scan through the real trufflehog3 subprocess (``make scanner`` builds .venv-scanner).
+
+Every fake secret is assembled from parts at run time, so no whole secret appears in this file
+and our own repository does not trip secret scanners.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from codeworker.scan import ScanError, SecretFinding, SecretScanner, blocking, scanner_env
+
+AWS_KEY_ID = "AKIA" + "Q3EGUZ7X" + "WB4RJ2KD"
+AWS_SECRET = "wJalrXUt" + "nFEMIK7MDENGbPxRfiCY" + "zq8Hw3Lk1Tv9"
+GITHUB_TOKEN = "gh" + "p_" + "x7Kq2mZ9" + "Lw4Rt8Yb3Nc6Vf1Hj5Gd0Sa2Pe7Q"
+GITHUB_PAT = (
+    "github"
+    + "_pat_"
+    + "11ABCDEFG0"
+    + "abcdefghijkl_"
+    + "mnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef"
+)
+ANTHROPIC_KEY = "sk-" + "ant-" + "api03-" + "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lz" + "-Xc_Vb"
+
+CLEAN_CODE = '''\
+"""Settings loader."""
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    token: str
+
+
+def load() -> Settings:
+    token = os.environ["GITHUB_TOKEN"]
+    return Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), token=token)
+
+
+HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+'''
+
+
+@pytest.fixture(scope="module")
+def scanner() -> SecretScanner:
+    return SecretScanner()
+
+
+def numbered(text: str, first: int = 1) -> list[tuple[int, str]]:
+    return [(first + i, line) for i, line in enumerate(text.splitlines())]
+
+
+def only(findings: list[SecretFinding], rule: str) -> SecretFinding:
+    matching = [f for f in findings if f.rule == rule]
+    assert len(matching) == 1, findings
+    return matching[0]
+
+
+def assert_not_leaked(findings: list[SecretFinding], *secrets: str) -> None:
+    dumped = "".join(f.model_dump_json() for f in findings)
+    for secret in secrets:
+        assert secret not in dumped
+        assert secret[4:] not in dumped
+
+
+def test_aws_access_key_is_high_with_path_line_and_redacted(scanner: SecretScanner) -> None:
+    added = {"app/config.py": numbered(f"import os\n\nAWS_ACCESS_KEY_ID = '{AWS_KEY_ID}'\n")}
+
+    findings = scanner.scan(added)
+
+    finding = only(findings, "aws.access-key-id")
+    assert (finding.path, finding.line, finding.severity) == ("app/config.py", 3, "HIGH")
+    assert finding.redacted == "AKIA…"
+    assert blocking(findings) == [finding]
+    assert_not_leaked(findings, AWS_KEY_ID)
+
+
+def test_keyword_anchored_aws_secret_key_is_high(scanner: SecretScanner) -> None:
+    findings = scanner.scan({"deploy/.env": [(1, f"aws_secret_access_key = {AWS_SECRET}")]})
+
+    assert only(findings, "aws.secret-access-key").severity == "HIGH"
+    assert_not_leaked(findings, AWS_SECRET)
+
+
+def test_pkcs8_private_key_block_is_high(scanner: SecretScanner) -> None:
+    body = base64.b64encode(random.Random(7).randbytes(300)).decode()
+    block = ["-----BEGIN " + "PRIVATE KEY-----"]
+    block += [body[i : i + 64] for i in range(0, len(body), 64)]
+    block += ["-----END " + "PRIVATE KEY-----"]
+
+    findings = scanner.scan({"certs/server.key": numbered("\n".join(block))})
+
+    finding = only(findings, "private-key")
+    assert (finding.path, finding.line, finding.severity) == ("certs/server.key", 1, "HIGH")
+    assert_not_leaked(findings, *block[1:-1])
+
+
+@pytest.mark.parametrize(
+    ("token", "rule"),
+    [
+        (GITHUB_TOKEN, "github.token"),
+        (GITHUB_PAT, "github.fine-grained-token"),
+        (ANTHROPIC_KEY, "anthropic.api-key"),
+    ],
+    ids=["github", "github-pat", "anthropic"],
+)
+def test_modern_tokens_are_high(scanner: SecretScanner, token: str, rule: str) -> None:
+    findings = scanner.scan({"src/client.ts": [(12, f'const token = "{token}";')]})
+
+    finding = only(findings, rule)
+    assert (finding.path, finding.line, finding.severity) == ("src/client.ts", 12, "HIGH")
+    assert finding.redacted == token[:4] + "…"
+    assert_not_leaked(findings, token)
+
+
+def test_clean_code_has_no_blocking_finding(scanner: SecretScanner) -> None:
+    source = (Path(__file__).parents[1] / "codeworker" / "scan.py").read_text()
+
+    findings = scanner.scan({"app/settings.py": numbered(CLEAN_CODE), "codeworker/scan.py": numbered(source)})
+
+    assert blocking(findings) == []
+
+
+def test_added_lines_in_the_middle_keep_their_line_numbers(scanner: SecretScanner) -> None:
+    added = {
+        "pkg/mod.py": [(57, "def f() -> str:"), (58, f"    return '{GITHUB_TOKEN}'"), (120, "x = 1")],
+        "pkg/other.py": [
+            (3, "# line with separators\u2028\x0b\x0c\x85 inside"),
+            (4, f"KEY = '{AWS_KEY_ID}'"),
+        ],
+    }
+
+    findings = scanner.scan(added)
+
+    assert {(f.path, f.line, f.rule) for f in blocking(findings)} == {
+        ("pkg/mod.py", 58, "github.token"),
+        ("pkg/other.py", 4, "aws.access-key-id"),
+    }
+
+
+def test_nosecret_annotation_does_not_silence_a_finding(scanner: SecretScanner) -> None:
+    findings = scanner.scan({"a.py": [(1, f"KEY = '{AWS_KEY_ID}'  # nosecret")]})
+
+    assert only(findings, "aws.access-key-id").severity == "HIGH"
+
+
+def test_files_trufflehog3_would_skip_are_scanned(scanner: SecretScanner) -> None:
+    # trufflehog3 skips files named .trufflehog3.yml silently, and would read one as its config.
+    added = {
+        ".trufflehog3.yml": [
+            (1, "exclude:"),
+            (2, "- message: all"),
+            (3, "  paths: ['*']"),
+            (4, GITHUB_TOKEN),
+        ],
+        "sub/.trufflehog3.yml": [(2, GITHUB_TOKEN)],
+        "b.py": [(1, f"k = '{AWS_KEY_ID}'")],
+    }
+
+    findings = scanner.scan(added)
+
+    assert {(f.path, f.line) for f in blocking(findings)} == {
+        (".trufflehog3.yml", 4),
+        ("sub/.trufflehog3.yml", 2),
+        ("b.py", 1),
+    }
+
+
+def test_undecodable_text_is_still_scanned(scanner: SecretScanner) -> None:
+    # A diff decoded with surrogateescape carries lone surrogates; trufflehog3 would skip the file.
+    findings = scanner.scan({"latin1.txt": [(1, "caf\udce9"), (2, f"key={AWS_KEY_ID}")]})
+
+    assert only(findings, "aws.access-key-id").line == 2
+
+
+def test_nothing_added_needs_no_scanner() -> None:
+    scanner = SecretScanner(executable="/nonexistent/trufflehog3")
+
+    assert scanner.scan({}) == []
+    assert scanner.scan({"deleted.py": []}) == []
+
+
+def test_missing_scanner_is_a_clear_scan_error(tmp_path: Path) -> None:
+    missing = tmp_path / "bin" / "trufflehog3"
+    scanner = SecretScanner(executable=str(missing))  # constructing it is fine
+
+    with pytest.raises(
+        ScanError, match=r"secret scanner not found at .*/bin/trufflehog3: run `make scanner`"
+    ):
+        scanner.scan({"a.py": [(1, "x = 1")]})
+
+
+def test_scanner_not_on_path_is_a_clear_scan_error() -> None:
+    scanner = SecretScanner(executable="no-such-trufflehog3")
+
+    with pytest.raises(ScanError, match="not found on PATH: run `make scanner`"):
+        scanner.scan({"a.py": [(1, "x = 1")]})
+
+
+def test_timeout_is_a_scan_error(scanner: SecretScanner) -> None:
+    slow = SecretScanner(executable=scanner.resolve_executable(), timeout=0.01)
+
+    with pytest.raises(ScanError, match=r"secret scan timed out after 0\.01 s"):
+        slow.scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+
+
+@pytest.mark.parametrize(
+    ("executable", "message"),
+    [
+        ("/bin/false", "secret scanner failed with exit status 1"),
+        ("/bin/echo", "bytes that are not JSON"),
+    ],
+)
+def test_broken_scanner_is_a_scan_error(executable: str, message: str) -> None:
+    with pytest.raises(ScanError, match=message):
+        SecretScanner(executable=executable).scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "../outside.py", "a/../../b.py", "nul\x00.py"])
+def test_paths_outside_the_repository_are_refused(scanner: SecretScanner, path: str) -> None:
+    with pytest.raises(ValueError, match="not a repository-relative file path"):
+        scanner.scan({path: [(1, "x = 1")]})
+
+
+def test_scanner_runs_without_the_workers_credentials(
+    scanner: SecretScanner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = "canary-" + "0123456789"
+    for name in ("GITHUB_TOKEN", "ANTHROPIC_API_KEY", "REDIS_URL"):
+        monkeypatch.setenv(name, canary)
+    # The real scanner, started through a shell script that records the environment it gets.
+    seen = tmp_path / "env.txt"
+    wrapper = tmp_path / "trufflehog3"
+    wrapper.write_text(f'#!/bin/sh\nenv > "{seen}"\nexec "{scanner.resolve_executable()}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+
+    findings = SecretScanner(executable=str(wrapper)).scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+
+    assert only(findings, "aws.access-key-id").severity == "HIGH"
+    env = seen.read_text()
+    assert canary not in env
+    assert "GITHUB_TOKEN" not in env
+    assert set(scanner_env()) == {"PATH", "HOME", "LANG"}
+    assert os.environ["GITHUB_TOKEN"] == canary
