@@ -66,8 +66,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """For a terminal: Celery's ``data`` extra repeats the message, so it is left out here."""
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED)
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED | {"data"})
         op = getattr(record, "operation_id", None) or "-"
         line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} [{op}] {record.getMessage()}"
         line = f"{line}  {extras}" if extras else line

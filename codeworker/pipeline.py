@@ -207,7 +207,7 @@ class OperationRun:
     def execute(self) -> dict[str, Any]:
         watchdog = LockWatchdog(
             self.locks,
-            interval=self.p.settings.lock_ttl / 3,
+            interval=min(self.p.settings.lock_ttl, self.p.settings.claim_ttl) / 3,
             also=[lambda: self.p.claims.heartbeat(self.job.operation_id, self.owner)],
         )
         try:

@@ -14,8 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import redis
 from celery import Celery
 
+from codeworker.keys import Keys, repo_id
+from codeworker.registry import BranchRegistry
 from tests.support.github_stub import GitHubStub
 from tests.support.gitserver import GitServer
 from tests.support.redis_server import RedisServer
@@ -51,9 +54,12 @@ def main() -> int:
                 "GITHUB_API_URL": github.url,
                 "CODEWORKER_ALLOWED_REPOS": git.base_url,
                 "CODEWORKER_LOG_FORMAT": "console",
+                # The demo runs as whoever calls make; Celery's warning about root is noise here.
+                "PYTHONWARNINGS": "ignore:You're running the worker with superuser",
             },
             name="demo",
             with_test_plugins=False,
+            echo="    worker | ",
         ).start()
         say("worker ready; sending codeworker.refactor by name from a plain Celery client")
         job = {
@@ -65,15 +71,7 @@ def main() -> int:
         }
         sender = Celery(broker=redis_server.url, backend=redis_server.url)
         async_result = sender.send_task("codeworker.refactor", args=[job], queue="code-operation")
-        seen: set[str] = set()
-
-        def progress(message: dict) -> None:
-            info = message.get("result")
-            if message.get("status") == "PROGRESS" and isinstance(info, dict) and info["stage"] not in seen:
-                seen.add(info["stage"])
-                print(f"    stage: {info['stage']}", flush=True)
-
-        result = async_result.get(timeout=180, on_message=progress, propagate=True)
+        result = async_result.get(timeout=180, propagate=True)
         say("result")
         print(json.dumps(result, indent=2))
         pulls = github.pull_requests("acme", "inventory")
@@ -82,6 +80,10 @@ def main() -> int:
             print(pulls[0]["body"])
         say("inventory.py on the pushed branch")
         print(git.read_file("acme", "inventory", result["branch"], "inventory.py"))
+        registry = BranchRegistry(redis.Redis.from_url(redis_server.url, decode_responses=True), Keys())
+        record = registry.get(repo_id(url), result["branch"])
+        say("branch registry record")
+        print(record.model_dump_json(indent=2) if record else "(none)")
         return 0 if result["success"] else 1
     finally:
         if worker is not None:

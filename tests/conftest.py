@@ -1,12 +1,16 @@
-"""Shared fixtures: real redis-server, real git smart-HTTP server, GitHub stand-in."""
+"""Shared fixtures: real redis-server, real git smart-HTTP server, GitHub stand-in, a pipeline."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
+from codeworker.config import Settings
+from codeworker.pipeline import Pipeline
 from tests.support.github_stub import GitHubStub
 from tests.support.gitserver import GitServer
 from tests.support.redis_server import RedisServer
@@ -46,3 +50,23 @@ def github_stub() -> Iterator[GitHubStub]:
     stub.start()
     yield stub
     stub.stop()
+
+
+@pytest.fixture()
+def pipe(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    git_server: GitServer,
+    github_stub: GitHubStub,
+    tmp_path: Path,
+) -> Iterator[Pipeline]:
+    settings = Settings(
+        redis_url=redis_server.url,
+        workspace_root=tmp_path / "ws",
+        github_token=SecretStr(GITHUB_TOKEN),
+        github_api_url=github_stub.url,
+        allowed_repos=[git_server.base_url],
+        lock_wait=0,
+        lock_ttl=5,
+    )
+    yield Pipeline.from_settings(settings)

@@ -58,6 +58,8 @@ def worker(
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
             "CODEWORKER_ALLOWED_REPOS": git_server.base_url,
             "CODEWORKER_LOCK_WAIT": "1",
+            # A short heartbeat so a duplicate delivery's retry comes round quickly.
+            "CODEWORKER_CLAIM_TTL": "2",
             "CODEWORKER_LOG_FORMAT": "json",
         },
         name="e2e",
@@ -230,6 +232,35 @@ def test_same_operation_id_twice_gives_one_branch_one_pr_and_the_same_result(cli
     assert second == first
     assert len(github_stub.pull_requests("acme", name)) == 1
     assert [b for b in git_server.branches("acme", name) if b != "main"] == [first["branch"]]
+
+
+def test_a_duplicate_delivered_while_the_first_runs_waits_for_its_result(
+    client, git_server, github_stub, tmp_path
+):
+    name, url = new_repo(git_server)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    job = scripted_job(url, name, {"gate": str(gate), "write": {"NOTES.md": "once\n"}})
+
+    first = client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
+    gate_fd = os.open(gate, os.O_WRONLY)  # returns once the first delivery is parked mid-run
+    states: list[str] = []
+
+    def release_on_retry(message: dict) -> None:
+        states.append(message["status"])
+        # The second delivery found a live heartbeat and was retried instead of started.
+        if message["status"] == "RETRY" and states.count("RETRY") == 1:
+            os.write(gate_fd, b"go")
+            os.close(gate_fd)
+
+    duplicate = client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
+    second = duplicate.get(timeout=RESULT_TIMEOUT, on_message=release_on_retry)
+    results = first.get(timeout=RESULT_TIMEOUT), second
+    assert "RETRY" in states
+
+    assert results[0]["status"] == "pr_open" and results[1] == results[0]
+    assert len(github_stub.pull_requests("acme", name)) == 1
+    assert [b for b in git_server.branches("acme", name) if b != "main"] == [results[0]["branch"]]
 
 
 def test_committed_aws_key_is_blocked_and_nothing_is_pushed(client, git_server, github_stub, registry):

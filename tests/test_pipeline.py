@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import redis
-from pydantic import SecretStr
 
-from codeworker.config import Settings
 from codeworker.keys import Keys, repo_id
 from codeworker.locks import FileLocks
 from codeworker.models import Job, parse_job
 from codeworker.pipeline import OperationRun, Pipeline, Progress, branch_name
 from codeworker.registry import BranchStatus
 from executors.base import Outcome, Workspace
-from tests.conftest import GITHUB_TOKEN
-from tests.support.github_stub import GitHubStub
 from tests.support.gitserver import GitServer
-from tests.support.redis_server import RedisServer
 
 APP_PY = "def answer():\n    return 42\n"
 
@@ -37,26 +30,6 @@ class FnExecutor:
     def run(self, job: Job, workspace: Workspace) -> Outcome:
         self.work(workspace)
         return Outcome(summary="test change", files_changed=workspace.changed_files())
-
-
-@pytest.fixture()
-def pipe(
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    git_server: GitServer,
-    github_stub: GitHubStub,
-    tmp_path: Path,
-) -> Iterator[Pipeline]:
-    settings = Settings(
-        redis_url=redis_server.url,
-        workspace_root=tmp_path / "ws",
-        github_token=SecretStr(GITHUB_TOKEN),
-        github_api_url=github_stub.url,
-        allowed_repos=[git_server.base_url],
-        lock_wait=0,
-        lock_ttl=5,
-    )
-    yield Pipeline.from_settings(settings)
 
 
 @pytest.fixture()

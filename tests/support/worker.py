@@ -18,13 +18,20 @@ class WorkerProcess:
     """Starts ``codeworker worker`` with ``env`` and keeps every line it prints."""
 
     def __init__(
-        self, env: Mapping[str, str], name: str = "w1", concurrency: int = 2, with_test_plugins: bool = True
+        self,
+        env: Mapping[str, str],
+        name: str = "w1",
+        concurrency: int = 2,
+        with_test_plugins: bool = True,
+        echo: str | None = None,
     ) -> None:
+        """``echo``: print each line the worker prints with this prefix (the demo shows its log)."""
         self.env = {**os.environ, **env}
         if with_test_plugins:
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), self.env.get("PYTHONPATH")]))
         self.name = name
         self.concurrency = concurrency
+        self.echo = echo
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
@@ -59,6 +66,8 @@ class WorkerProcess:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
+            if self.echo is not None:
+                print(f"{self.echo}{line}", end="", flush=True)
             # Celery prints "<name>@<host> ready." once the consumer is up.
             if " ready." in line:
                 self._ready.set()
