@@ -7,22 +7,14 @@ import gzip
 import http.client
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import GITHUB_TOKEN
 from tests.support.gitserver import GitServer
 
-TOKEN = "test-token-git"
-
-
-@pytest.fixture(scope="session")
-def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    server = GitServer(tmp_path_factory.mktemp("git-server"), TOKEN)
-    server.start()
-    yield server
-    server.stop()
+TOKEN = GITHUB_TOKEN
 
 
 def _auth_header(token: str = TOKEN) -> str:

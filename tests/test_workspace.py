@@ -25,18 +25,11 @@ from codeworker.workspace import (
     PushRejected,
     Worktree,
 )
+from tests.conftest import GITHUB_TOKEN
 from tests.support.gitserver import GitServer
 
-TOKEN = "test-token-git"
+TOKEN = GITHUB_TOKEN
 AUTHOR = ("codeworker", "codeworker@example.invalid")
-
-
-@pytest.fixture(scope="session")
-def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    server = GitServer(tmp_path_factory.mktemp("git-server"), TOKEN)
-    server.start()
-    yield server
-    server.stop()
 
 
 @dataclass
