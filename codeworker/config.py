@@ -10,8 +10,31 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """US dollars per million tokens of one model."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    input: float
+    """Uncached input tokens."""
+    output: float
+    """Output tokens."""
+    cache_write: float
+    """Input tokens written to the prompt cache (5-minute TTL)."""
+    cache_read: float
+    """Input tokens read from the prompt cache."""
+
+
+DEFAULT_PRICES = {
+    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+}
+"""Anthropic's list prices; an unknown model is refused rather than priced at zero."""
 
 
 def _env(name: str) -> AliasChoices:
@@ -115,6 +138,63 @@ class Settings(BaseSettings):
 
     github_seconds_between_writes: float = 0.25
     """PyGithub's pause between write requests (its default of 1 s slows every PR)."""
+
+    allow_unsandboxed: bool = False
+    """Run repository commands without bubblewrap when it is missing (unsafe; development only)."""
+
+    bwrap: str = "bwrap"
+    """The bubblewrap executable that confines every repository command."""
+
+    sandbox_memory_mb: int = 4096
+    """Address-space limit of a sandboxed command, in MiB."""
+
+    sandbox_max_processes: int = 256
+    """Process limit of a sandboxed command (fork bombs stop here)."""
+
+    sandbox_cpu_seconds: int = 900
+    """CPU-time limit of a sandboxed command."""
+
+    setup_timeout: float = 900.0
+    """Seconds the repository's setup command (dependency install) may take."""
+
+    cache_root: Path = Path("/workspace/cache")
+    """Where setup results are kept for reuse by later jobs on the same repository."""
+
+    trajectory_dir: Path = Path("/workspace/trajectories")
+    """Where each agent job's requests, responses and tool results are recorded (JSON lines)."""
+
+    budget_tokens: int = 3_000_000
+    """Most tokens (input, output and cache) one agent job may bill."""
+
+    budget_usd: float = 5.0
+    """Most US dollars one agent job may spend."""
+
+    budget_seconds: float = 1500.0
+    """Most wall-clock seconds one agent job may take (below the soft time limit)."""
+
+    budget_wrap_up: float = 0.8
+    """Fraction of a budget at which the model is told to wrap up."""
+
+    model_max_tokens: int = 8192
+    """max_tokens of each model response."""
+
+    max_turns: int = 60
+    """Most model turns in one agent job, across iterations."""
+
+    max_tool_output: int = 16_000
+    """Characters of a tool result the model sees (head and tail are kept)."""
+
+    max_view_bytes: int = 1_000_000
+    """Largest file the agent may view."""
+
+    loop_window: int = 8
+    """How many recent tool calls loop detection looks at."""
+
+    loop_repeats: int = 3
+    """Identical calls within the window that earn a warning; one more ends the loop."""
+
+    prices: dict[str, ModelPrice] = DEFAULT_PRICES
+    """US dollars per million tokens, per model (CODEWORKER_PRICES as JSON)."""
 
     log_format: Literal["json", "console"] = "json"
     """json: one JSON object a line (production); console: readable lines (a terminal)."""

@@ -39,6 +39,15 @@ class Workspace(Protocol):
         """The job's test command, else the repository's, else a detected one."""
 
 
+class RetryLater(Exception):
+    """The executor cannot go on now (the model API is overloaded or rate-limited); the job is
+    cleaned up and retried from the start after ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
 class Outcome(BaseModel):
     """What an executor reports back; the pipeline decides what to push."""
 
