@@ -38,12 +38,12 @@ $(SCANNER_VENV)/bin/trufflehog3:
 	$(PYTHON) -m venv $(SCANNER_VENV)
 	$(SCANNER_VENV)/bin/pip install --quiet trufflehog3==$(TRUFFLEHOG_VERSION)
 
-# redis-server and git are system packages: installed with apt-get when we are root, otherwise
-# one line says what is missing.
+# redis-server, git and bubblewrap (the sandbox) are system packages: installed with apt-get
+# when we are root, otherwise one line says what is missing.
 system-tools:
-	@for tool in redis-server git; do \
+	@for tool in redis-server git bwrap; do \
 	  command -v $$tool >/dev/null && continue; \
-	  pkg=$$tool; \
+	  pkg=$$tool; [ $$tool = bwrap ] && pkg=bubblewrap; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $$pkg"; apt-get install -y -qq $$pkg >/dev/null || { apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null; }; \
 	  else echo "missing: $$tool (install it: sudo apt-get install $$pkg)"; exit 1; fi; \

@@ -1,14 +1,19 @@
-"""The ``codeworker`` command: run a worker, submit a job, follow it."""
+"""The ``codeworker`` command: run a worker, submit and follow jobs, look at locks and branches."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from codeworker.config import get_settings
+from codeworker.keys import repo_id
+from codeworker.locks import list_locks
+from codeworker.pipeline import pipeline
+from codeworker.registry import BranchStatus
 
 TASK_BY_TYPE = {
     "error_fix": "codeworker.error_fix",
@@ -16,6 +21,63 @@ TASK_BY_TYPE = {
     "refactor": "codeworker.refactor",
     "test": "codeworker.test",
 }
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _load_job(job_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """A job from a JSON file, with any flags given on the command line on top."""
+    job: dict[str, Any] = json.loads(job_file.read_text()) if job_file else {}
+    if flags["repo"]:
+        job["repository"] = {**job.get("repository", {}), "url": flags["repo"]}
+    if flags["base"]:
+        job.setdefault("repository", {})["branch"] = flags["base"]
+    for name in ("operation_type", "description", "executor", "operation_id", "test_command"):
+        if flags[name]:
+            job[name] = flags[name]
+    if flags["target_file"]:
+        job["target_files"] = list(flags["target_file"])
+    if flags["merge"]:
+        job["approval_required"] = False
+    job.setdefault("operation_type", job.pop("operationType", None))
+    if job["operation_type"] not in TASK_BY_TYPE:
+        raise click.UsageError(
+            f"operation type must be one of {', '.join(TASK_BY_TYPE)} (--type or the file)"
+        )
+    return job
+
+
+def job_options(command: Any) -> Any:
+    """The flags ``submit`` and ``run`` share; every one overrides the job file."""
+    for option in reversed(
+        [
+            click.argument(
+                "job_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+            ),
+            click.option(
+                "--type", "operation_type", type=click.Choice(list(TASK_BY_TYPE)), help="Operation type."
+            ),
+            click.option("--repo", help="Repository URL."),
+            click.option("--base", help="Base branch (default main)."),
+            click.option("--description", "-d", help="What to do."),
+            click.option("--target-file", "-f", multiple=True, help="A target file (repeatable)."),
+            click.option("--executor", help="Executor plugin name."),
+            click.option("--operation-id", help="Idempotency key."),
+            click.option("--test-command", help="Command that runs the tests."),
+            click.option(
+                "--merge", is_flag=True, help="Merge instead of opening a PR (approval_required false)."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _print_progress(info: dict[str, Any]) -> None:
+    iteration = f" iteration {info['iteration']}/{info['max_iterations']}" if info.get("iteration") else ""
+    click.echo(f"  {info['stage']:<14}{iteration}  {info.get('branch') or ''}", err=True)
 
 
 @click.group()
@@ -35,49 +97,99 @@ def worker(
     from codeworker.celery import app
 
     settings = get_settings()
-    argv = [
-        "worker",
-        "--queues",
-        settings.queue,
-        "--concurrency",
-        str(concurrency or settings.worker_concurrency),
-        "--hostname",
-        hostname or "codeworker@%h",
-        "--loglevel",
-        loglevel,
-        "--task-events",
-        *celery_args,
-    ]
-    app.worker_main(argv)
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            settings.queue,
+            "--concurrency",
+            str(concurrency or settings.worker_concurrency),
+            "--hostname",
+            hostname or "codeworker@%h",
+            "--loglevel",
+            loglevel,
+            "--task-events",
+            *celery_args,
+        ]
+    )
 
 
 @main.command()
-@click.argument("job_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--wait/--no-wait", default=False, help="Follow progress and print the result.")
+@job_options
+@click.option("--wait/--no-wait", default=False, help="Follow progress live and print the result.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the result.")
-def submit(job_file: Path, wait: bool, timeout: float | None) -> None:
-    """Send the job in JOB_FILE (JSON) to the queue."""
+def submit(job_file: Path | None, wait: bool, timeout: float | None, **flags: Any) -> None:
+    """Send a job (JSON file and/or flags) to the code-operation queue."""
     from codeworker.celery import app
 
-    job = json.loads(job_file.read_text())
-    operation_type = job.get("operation_type", job.get("operationType"))
-    if operation_type not in TASK_BY_TYPE:
-        raise click.BadParameter(
-            f"operation_type must be one of {', '.join(TASK_BY_TYPE)}", param_hint="JOB_FILE"
-        )
-    result = app.send_task(TASK_BY_TYPE[operation_type], args=[job], queue=get_settings().queue)
-    click.echo(f"task {result.id} sent to {get_settings().queue}")
+    job = _load_job(job_file, flags)
+    result = app.send_task(TASK_BY_TYPE[job["operation_type"]], args=[job], queue=get_settings().queue)
+    click.echo(f"task {result.id} sent to {get_settings().queue}", err=True)
     if not wait:
+        click.echo(result.id)
         return
-    last: object = None
+    last: list[Any] = [None]
 
-    def on_message(message: dict) -> None:
-        nonlocal last
+    def on_message(message: dict[str, Any]) -> None:
         info = message.get("result")
-        if message.get("status") == "PROGRESS" and info != last and isinstance(info, dict):
-            last = info
-            click.echo(f"  {info.get('stage')}  branch={info.get('branch')}", err=True)
+        if message.get("status") == "PROGRESS" and isinstance(info, dict) and info != last[0]:
+            last[0] = info
+            _print_progress(info)
+        elif message.get("status") in ("STARTED", "RETRY"):
+            click.echo(f"  {message['status'].lower()}", err=True)
 
     outcome = result.get(timeout=timeout, on_message=on_message, propagate=False)
-    click.echo(json.dumps(outcome, indent=2, default=str))
+    _echo_json(outcome)
     sys.exit(0 if isinstance(outcome, dict) and outcome.get("success") else 1)
+
+
+@main.command()
+@job_options
+def run(job_file: Path | None, **flags: Any) -> None:
+    """Run one operation in this process, without a broker (Redis is still used for locks)."""
+    job = _load_job(job_file, flags)
+    result = pipeline().run(job, job["operation_type"], progress=lambda p: _print_progress(p.model_dump()))
+    _echo_json(result)
+    sys.exit(0 if result.get("success") else 1)
+
+
+@main.command()
+@click.argument("operation_id")
+def status(operation_id: str) -> None:
+    """Show an operation's idempotency record: running (and where) or finished (with its result)."""
+    record = pipeline().claims.get(operation_id)
+    if record is None:
+        raise click.ClickException(f"no record of operation {operation_id}")
+    _echo_json(record)
+
+
+@main.command()
+def locks() -> None:
+    """List held file locks with their holder and TTL."""
+    services = pipeline()
+    held = list_locks(services.redis, services.keys)
+    if not held:
+        click.echo("no locks held")
+    for lock in held:
+        ttl = f"{lock.ttl:.1f}s" if lock.ttl is not None else "-"
+        click.echo(f"{lock.repo}  {lock.path}  {lock.holder}  ttl={ttl}")
+
+
+@main.command()
+@click.option("--repo", help="Only this repository (URL or owner/name id).")
+@click.option(
+    "--status", "status_", type=click.Choice([s.value for s in BranchStatus]), help="Only this status."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON records.")
+def branches(repo: str | None, status_: str | None, as_json: bool) -> None:
+    """List the branch registry, filterable by repository and status."""
+    wanted_repo = repo_id(repo) if repo and "://" in repo else repo
+    records = pipeline().registry.list(repo=wanted_repo, status=BranchStatus(status_) if status_ else None)
+    if as_json:
+        _echo_json([record.model_dump(mode="json") for record in records])
+        return
+    if not records:
+        click.echo("no branches")
+    for record in records:
+        pr = f"  PR #{record.pr_number}" if record.pr_number else ""
+        click.echo(f"{record.status.value:<9} {record.repo}  {record.branch}  {record.operation_id}{pr}")

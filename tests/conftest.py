@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from pydantic import SecretStr
 
 from codeworker.config import Settings
+from codeworker.keys import Keys
 from codeworker.pipeline import Pipeline
+from codeworker.registry import BranchRegistry
 from tests.support.github_stub import GitHubStub
 from tests.support.gitserver import GitServer
 from tests.support.redis_server import RedisServer
+from tests.support.worker import WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +38,9 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 GITHUB_TOKEN = "cwcanary-github-token-5e1f9a77c3"
 """A recognisable fake token: the canary tests search every output for it."""
+
+ANTHROPIC_KEY = "cwcanary-anthropic-key-0b7d44e2a1"
+"""A recognisable fake API key, searched for like the token."""
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +77,52 @@ def pipe(
         lock_ttl=5,
     )
     yield Pipeline.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def broker_url(redis_server: RedisServer) -> str:
+    # Database 1: unit tests flush database 0, which would drop Celery's queue bindings.
+    return redis_server.url.rsplit("/", 1)[0] + "/1"
+
+
+@pytest.fixture(scope="module")
+def workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="module")
+def worker_env(broker_url: str, git_server: GitServer, github_stub: GitHubStub, workspace_root: Path) -> dict:
+    """The environment of an end-to-end worker; a module may extend it before ``worker`` starts."""
+    return {
+        "REDIS_URL": broker_url,
+        "WORKSPACE_ROOT": str(workspace_root),
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+        "GITHUB_API_URL": github_stub.url,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "CODEWORKER_ALLOWED_REPOS": git_server.base_url,
+        "CODEWORKER_LOCK_WAIT": "1",
+        # A short heartbeat so a duplicate delivery's retry comes round quickly.
+        "CODEWORKER_CLAIM_TTL": "2",
+        "CODEWORKER_LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture(scope="module")
+def worker(worker_env: dict) -> Iterator[WorkerProcess]:
+    """A real ``codeworker worker`` process (prefork, 2 children) for one test module."""
+    process = WorkerProcess(worker_env, name="e2e").start()
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(broker_url: str, worker: WorkerProcess) -> Iterator[Celery]:
+    """A plain Celery client, as a backend that knows only the task names would have."""
+    app = Celery(broker=broker_url, backend=broker_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def registry(broker_url: str) -> BranchRegistry:
+    return BranchRegistry(redis.Redis.from_url(broker_url, decode_responses=True), Keys())

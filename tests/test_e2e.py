@@ -8,113 +8,22 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import pytest
 import redis
-from celery import Celery
 
 from codeworker.keys import Keys, repo_id
-from codeworker.registry import BranchRegistry, BranchStatus
-from tests.conftest import GITHUB_TOKEN
-from tests.support.github_stub import GitHubStub
-from tests.support.gitserver import GitServer
-from tests.support.redis_server import RedisServer
-from tests.support.worker import WorkerProcess
-
-ANTHROPIC_KEY = "cwcanary-anthropic-key-0b7d44e2a1"
-QUEUE = "code-operation"
-RESULT_TIMEOUT = 120
-
-APP_PY = "def greet(name):\n    return 'hello ' + name\n"
-TEST_APP_PY = "from app import greet\n\n\ndef test_greet():\n    assert greet('x') == 'hello x'\n"
-PYTEST_INI = "[pytest]\npythonpath = .\n"
-
-
-@pytest.fixture(scope="module")
-def broker_url(redis_server: RedisServer) -> str:
-    # Database 1: unit tests flush database 0, which would drop Celery's queue bindings.
-    return redis_server.url.rsplit("/", 1)[0] + "/1"
-
-
-@pytest.fixture(scope="module")
-def workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("workspace")
-
-
-@pytest.fixture(scope="module")
-def worker(
-    broker_url: str, git_server: GitServer, github_stub: GitHubStub, workspace_root: Path
-) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(
-        {
-            "REDIS_URL": broker_url,
-            "WORKSPACE_ROOT": str(workspace_root),
-            "GITHUB_TOKEN": GITHUB_TOKEN,
-            "GITHUB_API_URL": github_stub.url,
-            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-            "CODEWORKER_ALLOWED_REPOS": git_server.base_url,
-            "CODEWORKER_LOCK_WAIT": "1",
-            # A short heartbeat so a duplicate delivery's retry comes round quickly.
-            "CODEWORKER_CLAIM_TTL": "2",
-            "CODEWORKER_LOG_FORMAT": "json",
-        },
-        name="e2e",
-    ).start()
-    yield process
-    assert process.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def client(broker_url: str, worker: WorkerProcess) -> Iterator[Celery]:
-    """A plain Celery client, as a backend that knows only the task names would have."""
-    app = Celery(broker=broker_url, backend=broker_url)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def registry(broker_url: str) -> BranchRegistry:
-    return BranchRegistry(redis.Redis.from_url(broker_url, decode_responses=True), Keys())
-
-
-def new_repo(git_server: GitServer) -> tuple[str, str]:
-    name = f"repo-{uuid.uuid4().hex[:8]}"
-    url = git_server.create_repo(
-        "acme", name, {"app.py": APP_PY, "tests/test_app.py": TEST_APP_PY, "pytest.ini": PYTEST_INI}
-    )
-    return name, url
-
-
-def scripted_job(url: str, name: str, script: dict, **extra: object) -> dict:
-    return {
-        "operation_type": "refactor",
-        "description": json.dumps(script),
-        "repository": {"url": url, "owner": "acme", "name": name, "branch": "main"},
-        "executor": "scripted",
-        "operation_id": f"op-{uuid.uuid4().hex[:12]}",
-        **extra,
-    }
-
-
-@contextmanager
-def parked(gate: Path) -> Iterator[None]:
-    """Hold a scripted job at its gate: opening a FIFO for writing blocks until the executor opens
-    it for reading, which it does after checkout and locking; closing it lets the job go on."""
-    fd = os.open(gate, os.O_WRONLY)
-    try:
-        yield
-    finally:
-        os.write(fd, b"go")
-        os.close(fd)
-
-
-def run_job(client: Celery, job: dict, task: str = "codeworker.refactor") -> dict:
-    return client.send_task(task, args=[job], queue=QUEUE).get(timeout=RESULT_TIMEOUT)
-
+from codeworker.registry import BranchStatus
+from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
+from tests.support.jobs import (
+    APP_PY,
+    QUEUE,
+    RESULT_TIMEOUT,
+    TEST_APP_PY,
+    new_repo,
+    parked,
+    run_job,
+    scripted_job,
+)
 
 SENDER = textwrap.dedent(
     """

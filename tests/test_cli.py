@@ -1,0 +1,98 @@
+"""The ``codeworker`` command against a real worker, real Redis and the real git remote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.support.jobs import RESULT_TIMEOUT, new_repo, parked, scripted_job
+from tests.support.worker import BIN, PLUGINS
+
+
+def codeworker(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env, "PYTHONPATH": str(PLUGINS)}
+    return subprocess.run(
+        [str(BIN / "codeworker"), *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=RESULT_TIMEOUT,
+        check=check,
+    )
+
+
+def test_submit_wait_prints_the_stages_and_the_result(worker, worker_env, git_server, tmp_path):
+    name, url = new_repo(git_server)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(scripted_job(url, name, {"write": {"CHANGELOG.md": "- tidy\n"}})))
+
+    done = codeworker(worker_env, "submit", str(job_file), "--wait", "--timeout", str(RESULT_TIMEOUT))
+
+    result = json.loads(done.stdout)
+    assert result["status"] == "pr_open" and result["success"] is True
+    stages = [line.split()[0] for line in done.stderr.splitlines() if line.startswith("  ")]
+    assert stages[0] in ("started", "checkout")
+    for stage in ("checkout", "lock", "execute", "scan", "commit", "push", "pull_request"):
+        assert stage in stages, done.stderr
+    assert stages.index("checkout") < stages.index("push") < stages.index("pull_request")
+
+
+def test_submit_with_flags_and_a_bad_type_is_a_usage_error(worker_env):
+    done = codeworker(worker_env, "submit", "--repo", "https://github.com/a/b", "-d", "x", check=False)
+    assert done.returncode == 2
+    assert "operation type must be one of" in done.stderr
+
+
+def test_status_locks_and_branches_show_a_running_job(client, worker_env, git_server, tmp_path):
+    name, url = new_repo(git_server)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    job = scripted_job(
+        url, name, {"gate": str(gate), "write": {"app.py": "x = 1\n"}}, target_files=["app.py"]
+    )
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job))
+    task_id = codeworker(worker_env, "submit", str(job_file)).stdout.strip()
+
+    with parked(gate):
+        held = codeworker(worker_env, "locks").stdout
+        running = json.loads(codeworker(worker_env, "status", job["operation_id"]).stdout)
+        listed = codeworker(worker_env, "branches", "--repo", url).stdout
+
+    assert f"app.py  {job['operation_id']}  ttl=" in held
+    assert running["state"] == "running" and running["heartbeat_ttl"] > 0
+    assert listed.startswith("active") and job["operation_id"] in listed
+
+    client.AsyncResult(task_id).get(timeout=RESULT_TIMEOUT)
+    finished = json.loads(codeworker(worker_env, "status", job["operation_id"]).stdout)
+    assert finished["state"] == "finished" and finished["result"]["status"] == "pr_open"
+    assert codeworker(worker_env, "locks").stdout.strip() == "no locks held"
+    pr_open = json.loads(
+        codeworker(worker_env, "branches", "--repo", url, "--status", "pr_open", "--json").stdout
+    )
+    assert [record["operation_id"] for record in pr_open] == [job["operation_id"]]
+
+
+def test_run_executes_one_operation_in_process(worker_env, git_server, tmp_path: Path):
+    name, url = new_repo(git_server)
+    env = {**worker_env, "WORKSPACE_ROOT": str(tmp_path / "ws")}
+    done = codeworker(
+        env,
+        "run",
+        "--type",
+        "refactor",
+        "--repo",
+        url,
+        "--executor",
+        "scripted",
+        "-d",
+        json.dumps({"write": {"app.py": "y = 2\n"}}),
+        "--merge",
+    )
+    result = json.loads(done.stdout)
+    assert result["status"] == "merged"
+    assert git_server.read_file("acme", name, "main", "app.py") == "y = 2\n"
+    assert "push" in done.stderr
+    assert codeworker(env, "status", "no-such-op", check=False).returncode == 1
