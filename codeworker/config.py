@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     default_max_iterations: int = 5
     """max_iterations when the job gives none."""
 
+    max_deferrals: int = 5
+    """Times a job is put back when the model API is overloaded before it fails."""
+
     lock_ttl: float = 60.0
     """Seconds a file lock lives unless the watchdog renews it (renewed every third of it)."""
 

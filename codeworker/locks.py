@@ -140,7 +140,17 @@ class FileLocks:
     _renew_script: ClassVar[Script | None] = None
     _release_script: ClassVar[Script | None] = None
 
-    def __init__(self, client: redis.Redis, keys: Keys, repo: str, operation_id: str, ttl: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        repo: str,
+        operation_id: str,
+        ttl: float,
+        adopt: tuple[str, Sequence[str]] | None = None,
+    ) -> None:
+        """``adopt=(owner, paths)`` takes over the locks of an attempt whose process is gone, so
+        another process can release exactly those (and nothing a re-run took since)."""
         if ttl <= 0:
             raise ValueError("lock ttl must be positive")
         self.client = client
@@ -148,8 +158,8 @@ class FileLocks:
         self.repo = repo
         self.operation_id = operation_id
         self.ttl = ttl
-        self.owner = f"{operation_id}:{uuid.uuid4().hex}"
-        self._held: list[str] = []
+        self.owner = adopt[0] if adopt else f"{operation_id}:{uuid.uuid4().hex}"
+        self._held: list[str] = [normalize_path(path) for path in adopt[1]] if adopt else []
         self._lost: set[str] = set()
         self._token: int | None = None
         self._mutex = threading.RLock()

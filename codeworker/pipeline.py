@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import redis
 from pydantic import BaseModel
 
 from codeworker import logs
+from codeworker.active import ActiveJob, ActiveJobs
 from codeworker.checkout import Checkout
 from codeworker.claims import ClaimState, OperationClaims
 from codeworker.config import Settings, get_settings
@@ -37,11 +39,11 @@ from codeworker.models import (
     Verification,
     parse_job,
 )
-from codeworker.registry import BranchRecord, BranchRegistry, BranchStatus
+from codeworker.registry import LIVE_STATUSES, BranchRecord, BranchRegistry, BranchStatus
 from codeworker.report import commit_message, pr_body, pr_title
 from codeworker.scan import SecretFinding, SecretScanner
 from codeworker.workspace import MergeConflict, Mirrors, PushRejected, Worktree
-from executors.base import Executor, Outcome
+from executors.base import Executor, Outcome, RetryLater
 from executors.registry import UnknownExecutor, load_executor
 
 log = logging.getLogger("codeworker.pipeline")
@@ -63,12 +65,30 @@ class Progress(BaseModel):
 ProgressSink = Callable[[Progress], None]
 
 
-class OperationBusy(Exception):
-    """The operation is running elsewhere with a live heartbeat; try again later."""
+class RetryOperation(Exception):
+    """The job cannot run now; the task retries it after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class OperationBusy(RetryOperation):
+    """The operation is running elsewhere with a live heartbeat."""
 
     def __init__(self, operation_id: str, holder: str | None, retry_after: float) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"operation {operation_id} is running on {holder}; retry in {retry_after:.0f}s")
+        super().__init__(
+            f"operation {operation_id} is running on {holder}; retry in {retry_after:.0f}s", retry_after
+        )
+
+
+class OperationDeferred(RetryOperation):
+    """The executor asked to come back later (model API overloaded); the workspace is clean."""
+
+
+def deferral_delay(attempt: int, asked: float) -> float:
+    """Exponential backoff (30 s, 60 s, ... up to 10 min), never sooner than the API asked."""
+    return max(asked, min(600.0, 30.0 * 2**attempt))
 
 
 class StageFailed(Exception):
@@ -99,9 +119,13 @@ class Pipeline:
     pulls: PullRequests
     redis: redis.Redis
     keys: Keys
+    journal: ActiveJobs
+    resolve_executor: Callable[[str | None, str], Executor] = load_executor
+    """Finds the job's executor (entry points); replaceable where a caller brings its own."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
+    def from_settings(cls, settings: Settings, worker_pid: int | None = None) -> Pipeline:
+        """``worker_pid``: the worker main process whose journal this process writes to."""
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
         keys = Keys(settings.key_prefix)
         token = settings.github_token.get_secret_value()
@@ -124,10 +148,16 @@ class Pipeline:
             ),
             redis=client,
             keys=keys,
+            journal=ActiveJobs.of_worker(settings.workspace_root, worker_pid or os.getpid()),
         )
 
-    def run(self, raw: Any, operation_type: str, progress: ProgressSink | None = None) -> dict[str, Any]:
-        """Run one job to its result (a JSON-able dict). Raises only OperationBusy."""
+    def run(
+        self, raw: Any, operation_type: str, progress: ProgressSink | None = None, attempt: int = 0
+    ) -> dict[str, Any]:
+        """Run one job to its result (a JSON-able dict). Raises only RetryOperation.
+
+        ``attempt`` counts earlier deferrals of this delivery (Celery's retries).
+        """
         started = time.monotonic()
         try:
             job = parse_job(
@@ -136,7 +166,7 @@ class Pipeline:
                 allowed_repos=self.settings.allowed_repos,
                 max_iterations_cap=self.settings.max_iterations_cap,
             )
-            executor = load_executor(job.executor, job.operation_type)
+            executor = self.resolve_executor(job.executor, job.operation_type)
         except (InvalidJob, UnknownExecutor) as exc:
             sent_id = raw.get("operation_id") if isinstance(raw, dict) else None
             log.warning("job rejected: %s", exc)
@@ -156,17 +186,62 @@ class Pipeline:
             if claim.state is ClaimState.BUSY:
                 raise OperationBusy(job.operation_id, claim.holder, claim.retry_after)
             assert claim.owner is not None
-            log.info("operation started", extra={"operation_type": job.operation_type})
-            result = OperationRun(self, job, executor, claim.owner, progress, started).execute()
-            self.claims.finish(job.operation_id, claim.owner, result)
+            log.info("operation started", extra={"operation_type": job.operation_type, "attempt": attempt})
+            run = OperationRun(self, job, executor, claim.owner, progress, started)
+            try:
+                result = run.execute(final_attempt=attempt >= self.settings.max_deferrals)
+            except RetryLater as exc:
+                self.claims.abandon(job.operation_id, claim.owner)
+                delay = deferral_delay(attempt, exc.retry_after)
+                log.warning("operation deferred: %s; retrying in %.0f s", exc, delay)
+                raise OperationDeferred(str(exc), delay) from None
+            else:
+                self.claims.finish(job.operation_id, claim.owner, result)
+            finally:
+                self.journal.remove(job.operation_id)
             log.info("operation finished", extra={"status": result["status"], "success": result["success"]})
             return result
+
+    def abandon(self, entry: ActiveJob, reason: str) -> None:
+        """Clean up after a job whose process was killed (shutdown, crash): its locks, its branch
+        record, its worktree and its claim, so a redelivery starts from scratch at once."""
+        with logs.bound_operation(entry.operation_id):
+            log.warning("abandoning operation: %s", reason, extra={"stage": entry.stage})
+            steps: list[Callable[[], None]] = [
+                FileLocks(
+                    self.redis,
+                    self.keys,
+                    entry.repo,
+                    entry.operation_id,
+                    self.settings.lock_ttl,
+                    adopt=(entry.lock_owner, entry.locked),
+                ).release,
+                lambda: self.mirrors.discard(entry.repository, entry.operation_id, entry.branch),
+                lambda: self.claims.abandon(entry.operation_id, entry.claim_owner),
+            ]
+            record = self.registry.get(entry.repo, entry.branch)
+            if (
+                record is not None
+                and record.operation_id == entry.operation_id
+                and record.status in LIVE_STATUSES
+            ):
+                steps.insert(0, lambda: self._abandon_branch(entry, reason))
+            _run_all(steps)
+            self.journal.remove(entry.operation_id)
+
+    def _abandon_branch(self, entry: ActiveJob, reason: str) -> None:
+        self.registry.transition(entry.repo, entry.branch, BranchStatus.ABANDONED, error=reason)
+
+
+WORKER_PID_ENV = "CODEWORKER_WORKER_PID"
+"""Set by the worker's main process before it forks, so children write to its journal."""
 
 
 @lru_cache(maxsize=1)
 def pipeline() -> Pipeline:
     """The process's pipeline, built on first use (after the prefork pool has forked)."""
-    return Pipeline.from_settings(get_settings())
+    worker_pid = os.environ.get(WORKER_PID_ENV)
+    return Pipeline.from_settings(get_settings(), int(worker_pid) if worker_pid else None)
 
 
 class OperationRun:
@@ -187,6 +262,7 @@ class OperationRun:
         self.owner = owner
         self.progress = progress
         self.started = started
+        self.started_wall = time.time() - (time.monotonic() - started)
         self.repo = repo_id(job.repository.url)
         self.branch = branch_name(job)
         self.locks = FileLocks(
@@ -204,7 +280,30 @@ class OperationRun:
     def max_iterations(self) -> int:
         return self.job.max_iterations or self.p.settings.default_max_iterations
 
-    def execute(self) -> dict[str, Any]:
+    def _journal(self, stage: str) -> None:
+        self.p.journal.write(
+            ActiveJob(
+                operation_id=self.job.operation_id,
+                operation_type=self.job.operation_type,
+                repository=self.job.repository.url,
+                repo=self.repo,
+                branch=self.branch,
+                claim_owner=self.owner,
+                lock_owner=self.locks.owner,
+                locked=self.locks.held,
+                worktree=str(self.worktree.path) if self.worktree else None,
+                stage=stage,
+                iteration=self.outcome.iterations if self.outcome else 0,
+                max_iterations=self.max_iterations,
+                started_at=self.started_wall,
+                pid=os.getpid(),
+            )
+        )
+
+    def execute(self, final_attempt: bool = True) -> dict[str, Any]:
+        """The result of the job. Raises RetryLater (after cleaning up) when the executor asks to
+        come back later and this is not the ``final_attempt``."""
+        self._journal("claim")
         watchdog = LockWatchdog(
             self.locks,
             interval=min(self.p.settings.lock_ttl, self.p.settings.claim_ttl) / 3,
@@ -215,6 +314,13 @@ class OperationRun:
                 result = self._stages(watchdog)
         except StageFailed as exc:
             result = self._failed(exc.status, str(exc), exc.findings)
+        except RetryLater as exc:
+            if not final_attempt:
+                self._mark_branch(BranchStatus.ABANDONED, f"deferred: {exc}")
+                raise
+            result = self._failed(
+                Status.FAILED, f"{exc}; gave up after {self.p.settings.max_deferrals} retries"
+            )
         except Exception as exc:  # the job ends with a result whatever broke; the log keeps the trace
             log.exception("operation failed in an unexpected way")
             result = self._failed(Status.FAILED, f"{type(exc).__name__}: {exc}")
@@ -224,6 +330,7 @@ class OperationRun:
 
     def _stage(self, stage: str) -> None:
         log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
+        self._journal(stage)
         if self.progress is not None:
             iteration = self.outcome.iterations if self.outcome else 0
             self.progress(
@@ -394,8 +501,13 @@ class OperationRun:
             steps.append(self.checkout.close)
         if self.worktree is not None:
             steps.append(self.worktree.remove)
-        for step in steps:
-            try:
-                step()
-            except Exception:  # one failed cleanup step must not skip the others
-                log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))
+        _run_all(steps)
+
+
+def _run_all(steps: list[Callable[[], None]]) -> None:
+    """Run every cleanup step; one that fails is logged and does not skip the others."""
+    for step in steps:
+        try:
+            step()
+        except Exception:
+            log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))

@@ -326,6 +326,11 @@ class Mirrors:
             detail = "".join(auth.remote_messages).strip()
             raise PushRejected(ref, f"{reason}: {detail}" if detail else reason)
 
+    def discard(self, url: str, operation_id: str, branch: str) -> None:
+        """Remove an operation's worktree and local branch without its Worktree object (cleanup
+        after a job whose process was killed)."""
+        self._release(url, operation_id, self.worktree_path(operation_id), branch)
+
     def _release(self, url: str, operation_id: str, path: Path, branch: str) -> None:
         """Undo a checkout (directory, worktree record, local branch); each step tolerates absence."""
         with self.locked(url) as mirror:

@@ -6,16 +6,17 @@ from typing import Any
 
 from celery import Task
 
-from codeworker.pipeline import OperationBusy, Progress, pipeline
+from codeworker.pipeline import Progress, RetryOperation, pipeline
 
 
 def run_operation(task: Task, job: Any, operation_type: str) -> dict[str, Any]:
-    """Run the job; a copy still running elsewhere is retried after its heartbeat would expire."""
+    """Run the job. A copy still running elsewhere, or a model API that is overloaded, is retried
+    later (the pipeline says when and has cleaned up)."""
 
     def progress(stage: Progress) -> None:
         task.update_state(state="PROGRESS", meta=stage.model_dump())
 
     try:
-        return pipeline().run(job, operation_type, progress=progress)
-    except OperationBusy as busy:
-        raise task.retry(countdown=busy.retry_after, max_retries=None) from None
+        return pipeline().run(job, operation_type, progress=progress, attempt=task.request.retries)
+    except RetryOperation as later:
+        raise task.retry(countdown=later.retry_after, max_retries=None) from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -11,9 +14,9 @@ import pytest
 from codeworker.keys import Keys, repo_id
 from codeworker.locks import FileLocks
 from codeworker.models import Job, parse_job
-from codeworker.pipeline import OperationRun, Pipeline, Progress, branch_name
+from codeworker.pipeline import OperationDeferred, OperationRun, Pipeline, Progress, branch_name
 from codeworker.registry import BranchStatus
-from executors.base import Outcome, Workspace
+from executors.base import Outcome, RetryLater, Workspace
 from tests.support.gitserver import GitServer
 
 APP_PY = "def answer():\n    return 42\n"
@@ -58,6 +61,10 @@ def run(
     claim = pipe.claims.claim(job.operation_id)
     assert claim.owner is not None
     return OperationRun(pipe, job, FnExecutor(work), claim.owner, progress, time.monotonic()).execute()
+
+
+def with_executor(pipe: Pipeline, executor: object) -> Pipeline:
+    return dataclasses.replace(pipe, resolve_executor=lambda name, operation_type: executor)
 
 
 def assert_clean(pipe: Pipeline, job: Job) -> None:
@@ -208,3 +215,71 @@ def test_pipeline_run_records_the_result_for_redelivery(pipe, repo):
     first = pipe.run(raw, "refactor")
     assert pipe.run(raw, "refactor") == first
     assert pipe.claims.get("op-redeliver")["state"] == "finished"
+
+
+def test_an_overloaded_model_defers_the_job_with_everything_cleaned(pipe, repo, git_server):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+    raw = job.model_dump(mode="json")
+
+    class Overloaded:
+        name = "overloaded"
+
+        def run(self, job: Job, workspace: Workspace) -> Outcome:
+            workspace.write_file("app.py", "half done\n")
+            raise RetryLater("model API overloaded (529)", retry_after=7)
+
+    with pytest.raises(OperationDeferred) as deferred:
+        with_executor(pipe, Overloaded()).run(raw, "refactor", attempt=0)
+
+    assert deferred.value.retry_after == 30  # backoff, since the API asked for less
+    assert_clean(pipe, job)
+    assert pipe.journal.all() == []
+    assert git_server.branches("acme", name) == ["main"]
+    assert pipe.registry.get(repo_id(url), branch_name(job)).status == BranchStatus.ABANDONED
+    assert pipe.claims.claim(job.operation_id).state == "claimed"  # the retry may start at once
+
+
+def test_the_last_deferral_fails_the_job(pipe, repo):
+    name, url = repo
+    job = make_job(pipe, url, name)
+
+    class Overloaded:
+        name = "overloaded"
+
+        def run(self, job: Job, workspace: Workspace) -> Outcome:
+            raise RetryLater("model API overloaded (529)", retry_after=1)
+
+    raw = job.model_dump(mode="json")
+    result = with_executor(pipe, Overloaded()).run(raw, "refactor", attempt=pipe.settings.max_deferrals)
+    assert result["status"] == "failed" and "gave up after" in result["error"]
+
+
+def test_a_killed_job_is_abandoned_from_its_journal_entry(pipe, repo, git_server, tmp_path):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+
+    child = os.fork()
+    if child == 0:  # the "pool child": runs the job until it is killed at the gate
+        try:
+            run(pipe, job, lambda ws: (ws.write_file("app.py", "x\n"), gate.read_text()))
+        finally:
+            os._exit(0)
+    fd = os.open(gate, os.O_WRONLY)  # the child is parked mid-job, holding its lock
+    (entry,) = pipe.journal.all()
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    os.close(fd)
+    assert entry.stage == "execute" and entry.locked == ["app.py"]
+    assert pipe.redis.exists(Keys().lock(repo_id(url), "app.py"))
+
+    pipe.abandon(entry, "worker shut down")
+
+    assert_clean(pipe, job)
+    assert pipe.journal.all() == []
+    assert pipe.registry.get(repo_id(url), entry.branch).status == BranchStatus.ABANDONED
+    assert pipe.claims.get(job.operation_id)["state"] == "abandoned"
+    assert pipe.claims.claim(job.operation_id).state == "claimed"
+    assert git_server.branches("acme", name) == ["main"]
