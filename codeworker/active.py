@@ -77,12 +77,12 @@ def orphaned_directories(workspace_root: Path) -> list[ActiveJobs]:
     """Journals of workers on this machine whose main process is gone (killed, crashed)."""
     orphans = []
     for directory in sorted((workspace_root / "active").glob("*")):
-        if directory.name.isdigit() and not _alive(int(directory.name)):
+        if directory.name.isdigit() and not alive(int(directory.name)):
             orphans.append(ActiveJobs(directory))
     return orphans
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,24 +95,31 @@ def worker(
     concurrency: int | None, hostname: str | None, loglevel: str, celery_args: tuple[str, ...]
 ) -> None:
     """Start a worker consuming the code-operation queue (extra arguments go to Celery)."""
-    from codeworker.celery import app
+    # SIGTERM means "finish within the grace period, then requeue": Celery's soft shutdown.
+    # billiard reads this when first imported, so it must be set before Celery's worker loads.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    from codeworker.celery import app, stopped_on_request
 
     settings = get_settings()
-    app.worker_main(
-        [
-            "worker",
-            "--queues",
-            settings.queue,
-            "--concurrency",
-            str(concurrency or settings.worker_concurrency),
-            "--hostname",
-            hostname or "codeworker@%h",
-            "--loglevel",
-            loglevel,
-            "--task-events",
-            *celery_args,
-        ]
-    )
+    argv = [
+        "worker",
+        "--queues",
+        settings.queue,
+        "--concurrency",
+        str(concurrency or settings.worker_concurrency),
+        "--hostname",
+        hostname or "codeworker@%h",
+        "--loglevel",
+        loglevel,
+        "--task-events",
+        *celery_args,
+    ]
+    try:
+        app.worker_main(argv)
+    except SystemExit as exit_:
+        if exit_.code and stopped_on_request():
+            sys.exit(0)
+        raise
 
 
 @main.command()
@@ -193,3 +201,13 @@ def branches(repo: str | None, status_: str | None, as_json: bool) -> None:
     for record in records:
         pr = f"  PR #{record.pr_number}" if record.pr_number else ""
         click.echo(f"{record.status.value:<9} {record.repo}  {record.branch}  {record.operation_id}{pr}")
+
+
+@main.command()
+@click.argument("trajectory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--job", "job_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def replay(trajectory: Path, job_file: Path | None) -> None:
+    """Run a job in this process with its model answers served from a recorded trajectory."""
+    from codeworker.replay import replay_main
+
+    sys.exit(replay_main(trajectory, job_file, echo=click.echo))

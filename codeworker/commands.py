@@ -1,7 +1,8 @@
-"""Running a repository's commands (tests, fixers) inside a checkout.
+"""Running a process for a checkout: its result, its reduced environment, its group kill.
 
-Commands get a reduced environment, never the worker's credentials, and a timeout that kills the
-whole process group, so a test suite that forks cannot outlive its job.
+:mod:`codeworker.sandbox` wraps every repository command in bubblewrap and runs it through
+:func:`run_process`. Commands get a reduced environment, never the worker's credentials, and a
+timeout that kills the whole process group, so a test suite that forks cannot outlive its job.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ OUTPUT_LIMIT = 20_000
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What a command did: its exit code (None when killed by the timeout) and clipped output."""
+
     command: str
     exit_code: int | None
     output: str
@@ -52,13 +55,34 @@ def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
 
 
 def run_command(command: str | Sequence[str], cwd: Path, timeout: float, home: Path) -> CommandResult:
-    """Run ``command`` (a shell string or an argv) in ``cwd``; never raises for the command's failure."""
+    """Run ``command`` (a shell string or an argv) in ``cwd`` WITHOUT a sandbox; never raises for
+    the command's failure. Only :mod:`codeworker.sandbox` calls this, when the operator allowed it."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     shown = command if isinstance(command, str) else shlex.join(command)
+    return run_process(argv, shown, cwd, command_env(home), timeout)
+
+
+DEFAULT_SIGNALS = ("/usr/bin/env", "--default-signal")
+"""Prefix that restores every signal to its default before the command runs. Celery's pool
+processes ignore SIGTERM and SIGINT, and an ignored signal survives exec: without this, every
+command a job starts would ignore them too (trufflehog3's multiprocessing pool then hangs at exit
+when its workers ignore the SIGTERM that should end them). coreutils' env does it without a
+preexec_fn, which is unsafe in a process with threads."""
+
+
+def with_default_signals(argv: Sequence[str]) -> list[str]:
+    return [*DEFAULT_SIGNALS, *argv]
+
+
+def run_process(
+    argv: Sequence[str], shown: str, cwd: Path, env: dict[str, str], timeout: float
+) -> CommandResult:
+    """Run ``argv`` in its own process group; on timeout the whole group is killed, so a command
+    that forks cannot outlive its job."""
     process = subprocess.Popen(
-        argv,
+        with_default_signals(argv),
         cwd=cwd,
-        env=command_env(home),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -30,7 +30,9 @@ class ModelPrice(BaseModel):
 
 
 DEFAULT_PRICES = {
+    "claude-opus-4-6": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
     "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
     "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
     "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
 }
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr = Field(SecretStr(""), validation_alias=_env("ANTHROPIC_API_KEY"))
     """Key for the Anthropic API (the SDK also reads ANTHROPIC_BASE_URL itself)."""
 
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     """Model the agent executor uses (CODEWORKER_MODEL)."""
 
     allowed_repos: Annotated[list[str], NoDecode] = ["https://github.com/"]
@@ -102,6 +104,12 @@ class Settings(BaseSettings):
 
     default_max_iterations: int = 5
     """max_iterations when the job gives none."""
+
+    shutdown_grace: float = 30.0
+    """Seconds running jobs get after SIGTERM before they are cancelled and requeued."""
+
+    reap_interval: float = 10.0
+    """Seconds between checks for jobs whose pool process died (hard time limit, OOM)."""
 
     max_deferrals: int = 5
     """Times a job is put back when the model API is overloaded before it fails."""
@@ -178,6 +186,9 @@ class Settings(BaseSettings):
     budget_wrap_up: float = 0.8
     """Fraction of a budget at which the model is told to wrap up."""
 
+    model_timeout: float = 300.0
+    """Seconds one Messages API request may take before it is retried or the job deferred."""
+
     model_max_tokens: int = 8192
     """max_tokens of each model response."""
 
@@ -201,6 +212,21 @@ class Settings(BaseSettings):
 
     log_format: Literal["json", "console"] = "json"
     """json: one JSON object a line (production); console: readable lines (a terminal)."""
+
+    webhook_secret: SecretStr = SecretStr("")
+    """Secret GitHub signs webhook deliveries with; empty turns POST /webhooks/github off (503)."""
+
+    metrics_dir: Path = Path("/tmp/codeworker-metrics")  # noqa: S108 - a per-worker subdirectory, wiped at start
+    """Parent of each worker's prometheus multiprocess directory (``<metrics_dir>/<worker pid>``)."""
+
+    health_probe_interval: float = 5.0
+    """Seconds between the probes a worker sends itself through Redis to prove it consumes."""
+
+    health_stale_after: float = 30.0
+    """Seconds without a probe coming back (while Redis answers) before /health says not live."""
+
+    http_host: str = "0.0.0.0"  # noqa: S104 - the health endpoint must be reachable by the kubelet
+    """Address the worker's HTTP server binds to."""
 
     @field_validator("allowed_repos", "pr_labels", mode="before")
     @classmethod

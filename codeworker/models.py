@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import Counter
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -223,8 +225,12 @@ def _field_errors(exc: ValidationError) -> dict[str, str]:
     return fields
 
 
+TestOutcome = Literal["passed", "failed", "error", "skipped"]
+"""One test's outcome as pytest's junit XML reports it (xfail counts as skipped)."""
+
+
 class TestRun(BaseModel):
-    """One run of the repository's test command."""
+    """One run of the repository's test command, with per-test outcomes when it ran pytest."""
 
     __test__ = False
 
@@ -233,9 +239,23 @@ class TestRun(BaseModel):
     passed: bool
     timed_out: bool = False
     output_tail: str = ""
+    tests: dict[str, TestOutcome] = {}
+    """Outcome per pytest node id (``tests/test_x.py::TestY::test_z``); empty for other commands."""
+    failures: dict[str, str] = {}
+    """The (trimmed) failure or error text of tests that did not pass, for the agent's feedback."""
+    coverage: float | None = None
+    """Line coverage of the job's target files in percent, when it was measured (test jobs)."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many tests had each outcome."""
+        return dict(Counter(self.tests.values()))
 
 
 class Verification(BaseModel):
+    """The test runs before the executor changed anything and after it finished."""
+
     before: TestRun | None = None
     after: TestRun | None = None
 

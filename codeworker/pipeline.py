@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from codeworker import logs
+from codeworker import logs, metrics
 from codeworker.active import ActiveJob, ActiveJobs
 from codeworker.checkout import Checkout
 from codeworker.claims import ClaimState, OperationClaims
@@ -41,8 +41,9 @@ from codeworker.models import (
 )
 from codeworker.registry import LIVE_STATUSES, BranchRecord, BranchRegistry, BranchStatus
 from codeworker.report import commit_message, pr_body, pr_title
+from codeworker.sandbox import SetupFailed
 from codeworker.scan import SecretFinding, SecretScanner
-from codeworker.workspace import MergeConflict, Mirrors, PushRejected, Worktree
+from codeworker.workspace import GitError, MergeConflict, Mirrors, PushRejected, Worktree
 from executors.base import Executor, Outcome, RetryLater
 from executors.registry import UnknownExecutor, load_executor
 
@@ -184,29 +185,45 @@ class Pipeline:
                 assert claim.result is not None
                 return claim.result
             if claim.state is ClaimState.BUSY:
-                raise OperationBusy(job.operation_id, claim.holder, claim.retry_after)
+                busy = OperationBusy(job.operation_id, claim.holder, claim.retry_after)
+                log.info("operation retried: %s", busy, extra={"lifecycle": "retried"})
+                raise busy
             assert claim.owner is not None
-            log.info("operation started", extra={"operation_type": job.operation_type, "attempt": attempt})
+            log.info(
+                "operation active",
+                extra={"lifecycle": "active", "operation_type": job.operation_type, "attempt": attempt},
+            )
             run = OperationRun(self, job, executor, claim.owner, progress, started)
             try:
                 result = run.execute(final_attempt=attempt >= self.settings.max_deferrals)
             except RetryLater as exc:
                 self.claims.abandon(job.operation_id, claim.owner)
                 delay = deferral_delay(attempt, exc.retry_after)
-                log.warning("operation deferred: %s; retrying in %.0f s", exc, delay)
+                log.warning(
+                    "operation retried: %s; again in %.0f s", exc, delay, extra={"lifecycle": "retried"}
+                )
                 raise OperationDeferred(str(exc), delay) from None
             else:
                 self.claims.finish(job.operation_id, claim.owner, result)
             finally:
                 self.journal.remove(job.operation_id)
-            log.info("operation finished", extra={"status": result["status"], "success": result["success"]})
+            outcome = "completed" if result["success"] else "failed"
+            log.info(
+                "operation %s",
+                outcome,
+                extra={"lifecycle": outcome, "status": result["status"], "duration": result["duration"]},
+            )
             return result
 
     def abandon(self, entry: ActiveJob, reason: str) -> None:
         """Clean up after a job whose process was killed (shutdown, crash): its locks, its branch
         record, its worktree and its claim, so a redelivery starts from scratch at once."""
         with logs.bound_operation(entry.operation_id):
-            log.warning("abandoning operation: %s", reason, extra={"stage": entry.stage})
+            log.warning(
+                "operation stalled, abandoning it: %s",
+                reason,
+                extra={"lifecycle": "stalled", "stage": entry.stage},
+            )
             steps: list[Callable[[], None]] = [
                 FileLocks(
                     self.redis,
@@ -272,6 +289,8 @@ class OperationRun:
         self.checkout: Checkout | None = None
         self.registered = False
         self.pushed = False
+        self.stage: str | None = None
+        self.stage_started = 0.0
         self.outcome: Outcome | None = None
         self.files: list[str] = []
         self.commits: list[str] = []
@@ -325,10 +344,20 @@ class OperationRun:
             log.exception("operation failed in an unexpected way")
             result = self._failed(Status.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
+            self._end_stage()
+            if self.outcome is not None:
+                metrics.model_usage(self.p.settings.model, self.outcome.usage)
             self._cleanup()
         return result.model_dump(mode="json")
 
+    def _end_stage(self) -> None:
+        if self.stage is not None:
+            metrics.stage_duration(self.stage, time.monotonic() - self.stage_started)
+            self.stage = None
+
     def _stage(self, stage: str) -> None:
+        self._end_stage()
+        self.stage, self.stage_started = stage, time.monotonic()
         log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
         self._journal(stage)
         if self.progress is not None:
@@ -364,12 +393,24 @@ class OperationRun:
 
         self._stage("lock")
         if job.target_files:
-            fence = self.locks.acquire(job.target_files, wait=self.p.settings.lock_wait)
+            waited, acquired = time.monotonic(), False
+            try:
+                fence = self.locks.acquire(job.target_files, wait=self.p.settings.lock_wait)
+                acquired = True
+            finally:
+                metrics.lock_wait(job.operation_type, time.monotonic() - waited, acquired=acquired)
             self.p.registry.update(self.repo, self.branch, fencing_token=fence)
 
+        self.checkout = Checkout(self.worktree, self.locks, self.p.settings, job.test_command)
+        self._stage("setup")
+        try:
+            self.checkout.setup()
+        except SetupFailed as exc:
+            raise StageFailed(Status.FAILED, str(exc)) from None
+
         self._stage("execute")
-        self.checkout = Checkout(self.worktree, self.locks, self.p.settings.command_timeout, job.test_command)
         self.outcome = self.executor.run(job, self.checkout)
+        metrics.agent_iterations(job.operation_type, self.outcome.iterations)
         self.files = self.worktree.changed_files()
         if not self.files:
             raise StageFailed(Status.NO_CHANGES, f"the {self.executor.name} executor made no changes")
@@ -383,6 +424,7 @@ class OperationRun:
         self._stage("scan")
         findings = self.p.scanner.scan(self.worktree.added_lines())
         blocking = SecretScanner.blocking(findings)
+        metrics.secret_scan(findings, blocking)
         if blocking:
             where = ", ".join(f"{f.path}:{f.line} ({f.rule})" for f in blocking)
             raise StageFailed(Status.BLOCKED, f"secret scan blocked the commit: {where}", findings)
@@ -396,7 +438,11 @@ class OperationRun:
 
         self._stage("push")
         self._check_leases(watchdog)
-        self.worktree.push()
+        try:
+            self.worktree.push()
+        except GitError:
+            metrics.push_failed(job.operation_type)
+            raise
         self.pushed = True
         self.p.registry.transition(self.repo, self.branch, BranchStatus.PUSHED)
         if job.approval_required:
@@ -426,6 +472,7 @@ class OperationRun:
                 labels=self.p.settings.pr_labels,
             )
         except GitHubError as exc:
+            metrics.pull_request_failed(job.operation_type)
             return self._result(Status.PUSHED, findings, error=f"branch pushed, pull request failed: {exc}")
         self.p.registry.transition(
             self.repo, self.branch, BranchStatus.PR_OPEN, pr_number=pr.number, pr_url=pr.url
@@ -450,6 +497,7 @@ class OperationRun:
                 ) from None
             except PushRejected:
                 if attempt == MERGE_ATTEMPTS:
+                    metrics.push_failed(self.job.operation_type)
                     raise
         self.p.registry.transition(self.repo, self.branch, BranchStatus.MERGED)
         return self._result(Status.MERGED, findings)

@@ -41,6 +41,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from codeworker.commands import with_default_signals
+
 log = logging.getLogger(__name__)
 
 Severity = Literal["HIGH", "MEDIUM", "LOW"]
@@ -210,7 +212,7 @@ class SecretScanner:
         """Run the scanner in its own session, so a timeout kills its pool workers too."""
         try:
             process = subprocess.Popen(
-                command,
+                with_default_signals(command),
                 cwd=cwd,
                 env=scanner_env(),
                 stdin=subprocess.DEVNULL,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ruff.__main__ import find_ruff_bin
 
-from codeworker.models import Job, TestRun, Verification
+from codeworker.models import Job, Verification
+from codeworker.verification import Verifier, unchanged_outcome
 from executors.base import Outcome, Workspace
 
 
@@ -18,8 +19,9 @@ class AutofixExecutor:
     name = "autofix"
 
     def run(self, job: Job, workspace: Workspace) -> Outcome:
-        test_command = workspace.test_command()
-        before = self._tests(workspace, test_command)
+        # Formatting must not change behaviour: every test's outcome stays what it was.
+        verifier = Verifier(job, workspace, rule=unchanged_outcome)
+        before = verifier.baseline()
         targets = [path for path in job.target_files if path.endswith((".py", ".pyi"))] or ["."]
         ruff = str(find_ruff_bin())
         # --no-cache: the checkout is thrown away, a cache would only add files to the diff.
@@ -31,8 +33,7 @@ class AutofixExecutor:
         changed = workspace.changed_files()
         for path in changed:
             workspace.lock(path)
-        after = self._tests(workspace, test_command)
-        verified = before is None or after is None or before.passed == after.passed
+        verdict = verifier.verify(before)
         summary = (
             f"ruff fixed and formatted {len(changed)} file(s)" if changed else "ruff found nothing to fix"
         )
@@ -40,19 +41,6 @@ class AutofixExecutor:
             summary=summary,
             files_changed=changed,
             iterations=1,
-            verified=verified,
-            verification=Verification(before=before, after=after),
-        )
-
-    @staticmethod
-    def _tests(workspace: Workspace, command: str | None) -> TestRun | None:
-        if command is None:
-            return None
-        result = workspace.run(command)
-        return TestRun(
-            command=command,
-            exit_code=result.exit_code,
-            passed=result.ok,
-            timed_out=result.timed_out,
-            output_tail=result.output[-2000:],
+            verified=verdict.ok,
+            verification=Verification(before=verdict.before, after=verdict.after),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,7 +30,15 @@ class Workspace(Protocol):
     def lock(self, path: str) -> None:
         """Lock one more file for this operation (LockHeld if another operation holds it)."""
 
-    def run(self, command: str | Sequence[str], timeout: float | None = None) -> CommandResult: ...
+    @property
+    def scratch(self) -> Path:
+        """A directory outside the checkout that commands may write and the worker may read
+        (test reports); never committed, removed with the workspace."""
+
+    def run(
+        self, command: str | Sequence[str], timeout: float | None = None, env: Mapping[str, str] | None = None
+    ) -> CommandResult:
+        """Run a command in the sandbox (no network, no credentials); ``env`` adds variables."""
 
     def changed_files(self) -> list[str]:
         """Paths changed so far, relative to the checkout."""

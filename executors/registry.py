@@ -13,12 +13,12 @@ from executors.base import Executor
 GROUP = "codeworker.executors"
 
 DEFAULT_BY_TYPE = {
-    "error_fix": "autofix",
-    "feature_implementation": "autofix",
-    "refactor": "autofix",
-    "test": "autofix",
+    "error_fix": "agent",
+    "feature_implementation": "agent",
+    "refactor": "agent",
+    "test": "agent",
 }
-"""The executor a job gets when it names none (the agent takes these over once it lands)."""
+"""The executor a job gets when it names none: the Anthropic agent for every operation type."""
 
 
 class UnknownExecutor(LookupError):

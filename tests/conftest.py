@@ -16,7 +16,7 @@ from codeworker.pipeline import Pipeline
 from codeworker.registry import BranchRegistry
 from tests.support.github_stub import GitHubStub
 from tests.support.gitserver import GitServer
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.worker import WorkerProcess
 
 
@@ -104,6 +104,7 @@ def worker_env(broker_url: str, git_server: GitServer, github_stub: GitHubStub, 
         # A short heartbeat so a duplicate delivery's retry comes round quickly.
         "CODEWORKER_CLAIM_TTL": "2",
         "CODEWORKER_LOG_FORMAT": "json",
+        "PORT": str(free_port()),
     }
 
 

@@ -29,7 +29,7 @@ def test_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_each_operation_type_has_a_default_executor(operation_type):
     executor = load_executor(None, operation_type)
     assert isinstance(executor, Executor)
-    assert executor.name == "autofix"
+    assert executor.name == "agent"
 
 
 def test_a_named_plugin_is_found_through_its_entry_point(test_plugins):
@@ -40,7 +40,7 @@ def test_a_named_plugin_is_found_through_its_entry_point(test_plugins):
 
 
 def test_an_unknown_executor_names_the_installed_ones():
-    with pytest.raises(UnknownExecutor, match=r"unknown executor 'gpt'; installed: .*autofix"):
+    with pytest.raises(UnknownExecutor, match=r"unknown executor 'gpt'; installed: agent, autofix"):
         load_executor("gpt", "refactor")
 
 

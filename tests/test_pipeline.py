@@ -85,7 +85,17 @@ def test_stages_are_reported_in_order(pipe, repo):
         lambda p: stages.append(p.stage),
     )
     assert result["status"] == "pr_open", result["error"]
-    assert stages == ["checkout", "register", "lock", "execute", "scan", "commit", "push", "pull_request"]
+    assert stages == [
+        "checkout",
+        "register",
+        "lock",
+        "setup",
+        "execute",
+        "scan",
+        "commit",
+        "push",
+        "pull_request",
+    ]
     assert_clean(pipe, job)
 
 

@@ -1,0 +1,170 @@
+"""The worker's small HTTP server: ``/health``, ``/status``, ``/metrics`` and the GitHub webhook.
+
+It runs on a thread of each worker's main process (a Celery bootstep starts it, see
+:mod:`codeworker.celery`). What it shows is handed in as a :class:`WorkerState`, so this module
+never imports Celery and an app can be built in a test around a real Redis without a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from codeworker import logs, metrics
+from codeworker.config import Settings
+from codeworker.health import Health
+from codeworker.keys import repo_id
+from codeworker.registry import BranchRegistry, BranchStatus, InvalidTransition, UnknownBranch
+
+log = logging.getLogger("codeworker.http")
+
+
+@dataclass
+class WorkerState:
+    """What the endpoints read; callables, because each request must see the worker as it is now."""
+
+    hostname: str
+    concurrency: int
+    health: Callable[[], Health]
+    active_jobs: Callable[[], list[dict[str, Any]]]
+    """Running jobs: operation_id, operation_type, repository, stage, iteration, started_at..."""
+    registry: BranchRegistry
+    started_at: float
+
+
+def create_app(settings: Settings, state: WorkerState) -> Flask:
+    app = Flask("codeworker")
+    app.config["CODEWORKER_SETTINGS"] = settings
+
+    def health_response(healthy: bool, report: Health) -> tuple[Response, int]:
+        return jsonify(report.as_json()), 200 if healthy else 503
+
+    @app.get("/health")
+    @app.get("/health/ready")
+    def ready() -> tuple[Response, int]:
+        """Ready: Redis answers and the consumer is proven to take messages (or is full)."""
+        report = state.health()
+        return health_response(report.ready, report)
+
+    @app.get("/health/live")
+    def live() -> tuple[Response, int]:
+        """Live: fails only when Redis answers but the consumer has stopped (restart helps)."""
+        report = state.health()
+        return health_response(report.live, report)
+
+    @app.get("/status")
+    def status() -> Response:
+        now = time.time()
+        jobs = []
+        for job in state.active_jobs():
+            started = job.get("started_at")
+            jobs.append({**job, "elapsed": round(now - started, 3) if started else None})
+        return jsonify(
+            {
+                "hostname": state.hostname,
+                "concurrency": state.concurrency,
+                "started_at": state.started_at,
+                "uptime": round(now - state.started_at, 3),
+                "active": jobs,
+                "totals": metrics.totals(),
+            }
+        )
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.post("/webhooks/github")
+    def github_webhook() -> tuple[Response, int]:
+        return _github_webhook(settings, state.registry)
+
+    return app
+
+
+# -- the GitHub webhook ----------------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _github_webhook(settings: Settings, registry: BranchRegistry) -> tuple[Response, int]:
+    secret = settings.webhook_secret.get_secret_value()
+    if not secret:
+        return jsonify({"error": "webhook secret not configured"}), 503
+    sent = request.headers.get("X-Hub-Signature-256")
+    if not sent:
+        return jsonify({"error": "missing X-Hub-Signature-256"}), 401
+    # The raw bytes, before any parsing: the signature covers exactly what was sent.
+    body = request.get_data(cache=True)
+    if not hmac.compare_digest(sent.encode(), signature(secret, body).encode()):
+        return jsonify({"error": "signature does not match"}), 403
+
+    event = request.headers.get("X-GitHub-Event", "")
+    payload = request.get_json(silent=True)
+    if event == "ping":
+        return jsonify({"ok": True, "event": "ping"}), 200
+    if not isinstance(payload, dict):
+        return jsonify({"error": "body is not a JSON object"}), 400
+    if event != "pull_request" or payload.get("action") != "closed":
+        return jsonify({"ignored": f"{event} {payload.get('action') or ''}".strip()}), 202
+    return _pull_request_closed(registry, payload)
+
+
+def _pull_request_closed(registry: BranchRegistry, payload: dict[str, Any]) -> tuple[Response, int]:
+    """Move the branch record of a closed PR to merged or closed; branches we do not know are ignored."""
+    pull = payload.get("pull_request") or {}
+    head = pull.get("head") or {}
+    repository = (head.get("repo") or payload.get("repository")) or {}
+    url = repository.get("html_url") or repository.get("clone_url")
+    branch = head.get("ref")
+    if not isinstance(url, str) or not isinstance(branch, str):
+        return jsonify({"error": "pull_request.head.ref and repository.html_url are required"}), 400
+    repo = repo_id(url)
+    to = BranchStatus.MERGED if pull.get("merged") else BranchStatus.CLOSED
+    fields = {"pr_number": pull["number"]} if isinstance(pull.get("number"), int) else {}
+    try:
+        record = registry.transition(repo, branch, to, **fields)
+    except UnknownBranch:
+        return jsonify({"ignored": f"{repo} {branch} is not a codeworker branch"}), 202
+    except InvalidTransition as exc:
+        # Already merged or closed (a redelivered webhook), or a PR codeworker did not open.
+        return jsonify({"ignored": str(exc)}), 202
+    with logs.bound_operation(record.operation_id):
+        log.info("branch %s of %s is %s (pull request #%s)", branch, repo, to.value, pull.get("number"))
+    return jsonify({"branch": branch, "repo": repo, "status": record.status.value}), 200
+
+
+# -- serving -----------------------------------------------------------------------------------------
+
+
+class HttpServer:
+    """A threaded werkzeug server on a daemon thread: it must never keep a worker from exiting."""
+
+    def __init__(self, app: Flask, host: str, port: int) -> None:
+        self.server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, name="codeworker-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def start(self) -> HttpServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)

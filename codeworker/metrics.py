@@ -1,0 +1,273 @@
+"""Prometheus metrics of a worker, correct across its prefork pool.
+
+Jobs run in pool children, but Prometheus scrapes the main process; prometheus_client's
+multiprocess mode has every process write its samples to memory-mapped files in one directory and
+the main process adds them up at scrape time. :func:`use_directory` picks that directory (fresh,
+per worker) in the main process before the pool forks; children inherit it.
+
+Every metric here has at least one label on purpose: a labelled metric creates its sample storage
+on first ``.labels()``, which happens after :func:`use_directory` and in the process that records,
+so importing this module early (the CLI imports the pipeline) never binds a sample to the wrong
+storage. No label carries an operation id or a path: label values must stay few.
+
+The pipeline and the task signals call the small functions at the bottom; nothing else touches the
+metric objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2400)
+"""Jobs take seconds (invalid, no changes) to the half-hour soft limit."""
+
+STAGE_SECONDS_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
+LOCK_SECONDS_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+ITERATION_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+
+JOBS_STARTED = Counter("codeworker_jobs_started", "Jobs a pool process started running.", ["operation_type"])
+JOBS_FINISHED = Counter(
+    "codeworker_jobs_finished",
+    "Jobs that ended, by the result's status (pr_open, merged, failed, ...) or the task state (retry).",
+    ["operation_type", "status"],
+)
+JOB_DURATION = Histogram(
+    "codeworker_job_duration_seconds",
+    "Wall-clock seconds from a job's start in a pool process to its end.",
+    ["operation_type"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+JOBS_ACTIVE = Gauge(
+    "codeworker_jobs_active",
+    "Jobs running now; a process that dies stops counting.",
+    ["operation_type"],
+    multiprocess_mode="livesum",
+)
+JOBS_REDELIVERED = Counter(
+    "codeworker_jobs_redelivered",
+    "Jobs Redis delivered again after a worker died or shut down holding them.",
+    ["operation_type"],
+)
+STAGE_DURATION = Histogram(
+    "codeworker_stage_duration_seconds",
+    "Seconds a job spent in one pipeline stage.",
+    ["stage"],
+    buckets=STAGE_SECONDS_BUCKETS,
+)
+LOCK_WAIT = Histogram(
+    "codeworker_lock_wait_seconds",
+    "Seconds a job waited for its file locks, by outcome (acquired, conflict).",
+    ["outcome"],
+    buckets=LOCK_SECONDS_BUCKETS,
+)
+LOCK_CONFLICTS = Counter(
+    "codeworker_lock_conflicts",
+    "Jobs that failed because another operation held a file they needed.",
+    ["operation_type"],
+)
+SECRET_FINDINGS = Counter(
+    "codeworker_secret_findings", "Secrets the scan found in added lines.", ["severity"]
+)
+SECRET_BLOCKS = Counter(
+    "codeworker_secret_blocks",
+    "Commits the scan blocked, once per severity among the blocking findings.",
+    ["severity"],
+)
+MODEL_TOKENS = Counter(
+    "codeworker_model_tokens",
+    "Model tokens billed, by kind (input, output, cache_read, cache_write).",
+    ["kind"],
+)
+MODEL_COST = Counter("codeworker_model_cost_usd", "US dollars spent on the model API.", ["model"])
+AGENT_ITERATIONS = Histogram(
+    "codeworker_agent_iterations",
+    "Edit-test iterations an executor needed per job.",
+    ["operation_type"],
+    buckets=ITERATION_BUCKETS,
+)
+PUSH_FAILURES = Counter(
+    "codeworker_push_failures", "Pushes the remote refused or that failed.", ["operation_type"]
+)
+PULL_REQUEST_FAILURES = Counter(
+    "codeworker_pull_request_failures",
+    "Pull requests that could not be opened after the branch was pushed.",
+    ["operation_type"],
+)
+
+TOKEN_KINDS = {
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "cache_read": "cache_read_tokens",
+    "cache_write": "cache_write_tokens",
+}
+"""Label value of ``codeworker_model_tokens_total`` -> field of the result's usage."""
+
+
+# -- the worker's multiprocess directory ---------------------------------------------------------
+
+
+def use_directory(directory: Path) -> Path:
+    """Make ``directory`` (emptied) the multiprocess directory of this process and its children.
+
+    Called in the worker's main process before the pool forks. Files of an earlier worker with the
+    same pid would be added to ours, hence the wipe.
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    # prometheus_client chooses its storage when first imported; choose again now that the
+    # directory is known (labelled samples are created later, see the module docstring).
+    values.ValueClass = values.get_value_class()
+    return directory
+
+
+def directory() -> Path | None:
+    """The multiprocess directory, or None in a process that records only in memory."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return Path(path) if path else None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Stop counting the live gauges of a pool process that exited."""
+    path = directory()
+    if path is not None:
+        multiprocess.mark_process_dead(pid, str(path))
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+
+def _sweep_dead_processes(path: Path) -> None:
+    """Children killed outright (SIGKILL, OOM) never run their exit hook; their pids are gone."""
+    for file in path.glob("gauge_live*.db"):
+        match = _LIVE_FILE.match(file.name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), str(path))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def registry() -> CollectorRegistry:
+    """A registry that reads every process's samples (or this process's, outside a worker)."""
+    path = directory()
+    if path is None:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY
+    _sweep_dead_processes(path)
+    collector_registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(collector_registry, path=str(path))
+    return collector_registry
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every process of this worker, and its content type."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def totals() -> dict[str, object]:
+    """Jobs started and finished (by status) since the worker started, for ``/status``."""
+    started = 0.0
+    finished: dict[str, float] = {}
+    for family in registry().collect():
+        for sample in family.samples:
+            if sample.name == "codeworker_jobs_started_total":
+                started += sample.value
+            elif sample.name == "codeworker_jobs_finished_total":
+                status = sample.labels["status"]
+                finished[status] = finished.get(status, 0.0) + sample.value
+    return {"started": int(started), "finished": {k: int(v) for k, v in sorted(finished.items())}}
+
+
+# -- what the task signals and the pipeline record -----------------------------------------------
+
+
+def job_started(operation_type: str, redelivered: bool = False) -> None:
+    JOBS_STARTED.labels(operation_type).inc()
+    JOBS_ACTIVE.labels(operation_type).inc()
+    if redelivered:
+        JOBS_REDELIVERED.labels(operation_type).inc()
+
+
+def job_finished(operation_type: str, status: str, seconds: float) -> None:
+    JOBS_FINISHED.labels(operation_type, status).inc()
+    JOBS_ACTIVE.labels(operation_type).dec()
+    JOB_DURATION.labels(operation_type).observe(seconds)
+
+
+def stage_duration(stage: str, seconds: float) -> None:
+    STAGE_DURATION.labels(stage).observe(seconds)
+
+
+def lock_wait(operation_type: str, seconds: float, acquired: bool) -> None:
+    """One ``FileLocks.acquire``: how long it waited and whether it got the locks."""
+    LOCK_WAIT.labels("acquired" if acquired else "conflict").observe(seconds)
+    if not acquired:
+        LOCK_CONFLICTS.labels(operation_type).inc()
+
+
+class _Finding(Protocol):
+    severity: str
+
+
+def secret_scan(findings: Iterable[_Finding], blocking: Iterable[_Finding]) -> None:
+    for finding in findings:
+        SECRET_FINDINGS.labels(str(finding.severity)).inc()
+    for severity in sorted({str(finding.severity) for finding in blocking}):
+        SECRET_BLOCKS.labels(severity).inc()
+
+
+class _Usage(Protocol):
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+
+
+def model_usage(model: str, usage: _Usage) -> None:
+    """A job's model usage (the result's ``usage``), once per job."""
+    for kind, field in TOKEN_KINDS.items():
+        count = getattr(usage, field)
+        if count:
+            MODEL_TOKENS.labels(kind).inc(count)
+    if usage.cost_usd:
+        MODEL_COST.labels(model).inc(usage.cost_usd)
+
+
+def agent_iterations(operation_type: str, iterations: int) -> None:
+    AGENT_ITERATIONS.labels(operation_type).observe(iterations)
+
+
+def push_failed(operation_type: str) -> None:
+    PUSH_FAILURES.labels(operation_type).inc()
+
+
+def pull_request_failed(operation_type: str) -> None:
+    PULL_REQUEST_FAILURES.labels(operation_type).inc()

@@ -1,0 +1,378 @@
+"""Every repository command (the agent's, the verification's, setup's) runs inside bubblewrap.
+
+Why each piece is there:
+
+- ``--ro-bind / /`` and ``--cap-drop ALL``: the host is readable (compilers, the worker's Python,
+  the system's certificates) but nothing outside the checkout can be written, not even by root,
+  and no capability is left to remount anything.
+- ``--unshare-net`` (except for setup), ``--unshare-pid``, ``--unshare-ipc``, ``--unshare-uts``:
+  no network, no view of the worker's processes (whose ``/proc/<pid>/environ`` holds the token),
+  and a private pid 1 whose death takes every process of the command with it.
+- ``--clearenv`` plus an allowlist: the worker's credentials (GITHUB_TOKEN, ANTHROPIC_API_KEY,
+  REDIS_URL, ...) never reach a command, whatever the worker's environment holds.
+- Hidden behind empty read-only tmpfs mounts: WORKSPACE_ROOT (other jobs' checkouts and the
+  mirrors), the setup cache root (other repositories' dependencies), the worker's HOME (git and
+  cloud credentials), the trajectory directory, the scanner's virtualenv and the usual secret
+  mounts (``/run/secrets``, ``/var/run/secrets``). What a command needs is bound back on top:
+  its checkout read-write, the mirror read-only with only this worktree's admin directory
+  read-write (so ``git status``/``diff``/``log`` work), the Python installation when it lives in
+  HOME, and the job's setup cache (read-only, read-write for setup itself).
+- Limits come from ``prlimit`` inside the sandbox (address space, CPU seconds, processes, no core
+  files), because rlimits are inherited by everything the command forks and need no privilege.
+  RLIMIT_NPROC is ignored by the kernel for uid 0, so the process limit only holds when the
+  worker runs as an unprivileged user (as the container image does); the pid namespace still
+  guarantees that every process dies with the command.
+- The timeout kills bwrap's process group; ``--die-with-parent`` on the sandbox's pid 1 and the
+  pid namespace then kill everything inside, including children that called ``setsid``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from codeworker.commands import CommandResult, command_env, run_process
+from codeworker.config import Settings
+
+log = logging.getLogger("codeworker.sandbox")
+
+SECRET_MOUNTS = (Path("/run/secrets"), Path("/var/run/secrets"))
+"""Where Docker and Kubernetes put secrets and service-account tokens."""
+
+SANDBOX_TMP = "/tmp"  # noqa: S108 - a private tmpfs inside the sandbox, not the host's /tmp
+"""The sandbox's private /tmp, also its HOME: empty at every command, gone after it."""
+
+SEARCH_PATHS = ("PATH", "PYTHONPATH")
+"""Variables that a caller's ``env`` prepends to instead of replacing."""
+
+CACHE_ENV = "CODEWORKER_CACHE"
+"""Where a command finds (and setup writes) the repository's cached setup result."""
+
+PROBE_TIMEOUT = 15.0
+"""Seconds the start-up probe of bubblewrap may take."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces, and unsandboxed commands are not allowed."""
+
+
+def _scanner_venv() -> Path:
+    """The scanner's virtualenv (``.venv-scanner`` next to the package), hidden from commands."""
+    return Path(__file__).resolve().parent.parent / ".venv-scanner"
+
+
+@lru_cache(maxsize=8)
+def _probe(bwrap: str) -> str | None:
+    """None when ``bwrap`` can build the sandbox we use; otherwise why not (cached per process)."""
+    executable = shutil.which(bwrap)
+    if executable is None:
+        return f"bubblewrap ({bwrap!r}) is not installed or not on PATH"
+    argv = [
+        executable,
+        *("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP),
+        *("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL"),
+        *("--die-with-parent", "--new-session", "--clearenv", "/bin/sh", "-c", "exit 0"),
+    ]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap ({executable}) cannot run: {exc}"
+    if done.returncode != 0:
+        return f"bubblewrap ({executable}) cannot create its namespaces: {done.stderr.strip()[-300:]}"
+    return None
+
+
+def check_sandbox(settings: Settings) -> None:
+    """Refuse to start a worker whose commands could not be confined (call at worker start).
+
+    With ``allow_unsandboxed`` the worker starts anyway and says so once, loudly.
+    """
+    problem = _probe(settings.bwrap)
+    if problem is None:
+        return
+    if not settings.allow_unsandboxed:
+        raise SandboxUnavailable(
+            f"{problem}; install bubblewrap or set CODEWORKER_ALLOW_UNSANDBOXED=true (unsafe)"
+        )
+    _warn_unsandboxed(problem)
+
+
+@lru_cache(maxsize=1)
+def _warn_unsandboxed(problem: str) -> None:
+    log.warning("repository commands run WITHOUT a sandbox (CODEWORKER_ALLOW_UNSANDBOXED): %s", problem)
+
+
+@dataclass(frozen=True)
+class Mounts:
+    """What one command may see beyond the read-only host: paths bound read-write or read-only."""
+
+    writable: tuple[Path, ...] = ()
+    readable: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheMount:
+    """A setup cache entry as commands see it: ``source`` on the host shown at ``target``.
+
+    Setup writes a temporary directory shown at the entry's final path, so anything it records
+    (shebangs, .pth files) stays valid once the directory is renamed into place.
+    """
+
+    source: Path
+    target: Path
+    writable: bool = False
+
+    def environment(self, path: str, confined: bool = True) -> dict[str, str]:
+        """``$CODEWORKER_CACHE``, its ``python`` dir on PYTHONPATH and its ``bin`` dirs on PATH.
+
+        Unconfined (no bubblewrap) nothing is mounted, so commands see the host directory."""
+        cache = self.target if confined else self.source
+        bins = [str(cache / "bin"), str(cache / "python" / "bin")]
+        return {
+            CACHE_ENV: str(cache),
+            "PYTHONPATH": str(cache / "python"),
+            "PATH": os.pathsep.join([*bins, path]),
+        }
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Runs commands for one checkout; ``hidden`` paths are replaced by empty read-only dirs."""
+
+    settings: Settings
+    checkout: Path
+    mounts: Mounts = Mounts()
+    hidden: tuple[Path, ...] = ()
+    limits: bool = True
+    """Apply prlimit's CPU/memory/process limits (setup too: pip is a command like any other)."""
+    fallback_home: Path = Path(SANDBOX_TMP)
+    """HOME and TMPDIR of commands when running unsandboxed (a private directory of the job)."""
+    cache: CacheMount | None = None
+    """The setup result commands use (read-only), or that setup is writing (read-write)."""
+
+    @classmethod
+    def for_checkout(
+        cls,
+        settings: Settings,
+        checkout: Path,
+        workspace_roots: Sequence[Path],
+        git_admin: Path | None = None,
+        scratch: Path | None = None,
+    ) -> Sandbox:
+        """The sandbox of a worktree: the checkout and its git admin dir writable, the mirror
+        readable with every other worktree's admin dir hidden, ``scratch`` writable."""
+        writable = [checkout]
+        readable: list[Path] = []
+        hidden = [*workspace_roots, settings.cache_root]
+        if git_admin is not None:
+            mirror = git_admin.parent.parent
+            readable.append(mirror)
+            hidden.append(mirror / "worktrees")  # other jobs' index files and HEADs
+            writable.append(git_admin)
+        if scratch is not None:
+            writable.append(scratch)
+        mounts = Mounts(tuple(writable), tuple(readable))
+        return cls(settings, checkout, mounts, tuple(hidden), fallback_home=scratch or Path(SANDBOX_TMP))
+
+    def with_cache(self, cache: CacheMount | None) -> Sandbox:
+        """The same sandbox with a setup cache entry bound (read-only unless setup is writing it)."""
+        return dataclasses.replace(self, cache=cache)
+
+    @property
+    def confined(self) -> bool:
+        """False only when bubblewrap is unusable and the operator allowed running without it."""
+        problem = _probe(self.settings.bwrap)
+        if problem is None:
+            return True
+        check_sandbox(self.settings)  # raises unless allowed
+        return False
+
+    def run(
+        self,
+        command: str | Sequence[str],
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        network: bool = False,
+    ) -> CommandResult:
+        """Run ``command`` (a shell string or an argv) in the checkout; never raises for its failure."""
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        shown = command if isinstance(command, str) else subprocess.list2cmdline(argv)
+        environment = self.environment(env)
+        argv = self._limited(argv)
+        if self.confined:
+            outer_env = {"PATH": "/usr/bin:/bin"}
+            argv = self.bwrap_argv(argv, environment, network)
+        else:
+            outer_env = environment
+        return run_process(argv, shown, self.checkout, outer_env, timeout or self.settings.command_timeout)
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The allowlisted environment with HOME and TMPDIR in the private /tmp, plus ``extra``."""
+        home = Path(SANDBOX_TMP) if self.confined else self.fallback_home
+        env = command_env(home)
+        env.update(TMPDIR=str(home), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+        if self.cache is not None:
+            env.update(self.cache.environment(env["PATH"], self.confined))
+        for name, value in (extra or {}).items():
+            # Search paths are extended, not replaced: the setup cache stays importable.
+            joined = name in SEARCH_PATHS and env.get(name)
+            env[name] = f"{value}{os.pathsep}{env[name]}" if joined else value
+        return env
+
+    def bwrap_argv(self, argv: list[str], env: Mapping[str, str], network: bool) -> list[str]:
+        """The full bubblewrap command line (public so tests and operators can read it)."""
+        args = [shutil.which(self.settings.bwrap) or self.settings.bwrap]
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
+        hidden = self._hidden_paths()
+        bound = [*self.mounts.readable, *self.mounts.writable]
+        # Hidden dirs inside a bound one (the mirror's other worktrees) are mounted after that bind.
+        nested = [h for h in hidden if any(h.is_relative_to(b.resolve()) for b in bound)]
+        for path in hidden:
+            if path not in nested:
+                args += ["--tmpfs", str(path)]
+        for path in [*self._python_paths(hidden), *self.mounts.readable]:
+            args += ["--ro-bind", str(path), str(path)]
+        for path in nested:
+            args += ["--tmpfs", str(path)]
+        for path in self.mounts.writable:
+            args += ["--bind", str(path), str(path)]
+        if self.cache is not None:
+            args += [
+                "--bind" if self.cache.writable else "--ro-bind",
+                str(self.cache.source),
+                str(self.cache.target),
+            ]
+        for path in hidden:
+            args += ["--remount-ro", str(path)]
+        if not network:
+            args.append("--unshare-net")
+        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv"]
+        for name, value in sorted(env.items()):
+            args += ["--setenv", name, value]
+        args += ["--chdir", str(self.checkout), "--", *argv]
+        return args
+
+    def _hidden_paths(self) -> list[Path]:
+        """Existing directories to hide, parents before children, none that is bound back itself."""
+        home = Path(os.environ.get("HOME", "/root"))
+        candidates = [
+            *self.hidden,
+            home,
+            self.settings.trajectory_dir,
+            _scanner_venv(),
+            *SECRET_MOUNTS,
+        ]
+        bound = {p.resolve() for p in (*self.mounts.writable, *self.mounts.readable)}
+        found: set[Path] = set()
+        for path in candidates:
+            real = path.resolve()
+            if real.is_dir() and real not in bound and real not in (Path("/"), Path(SANDBOX_TMP)):
+                found.add(real)
+        return sorted(found, key=lambda p: (len(p.parts), str(p)))
+
+    @staticmethod
+    def _python_paths(hidden: Sequence[Path]) -> list[Path]:
+        """The worker's Python (venv and base install) when a hidden directory would cover it."""
+        wanted = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+        return sorted(p for p in wanted if any(p.is_relative_to(h) for h in hidden))
+
+    def _limited(self, argv: list[str]) -> list[str]:
+        """``argv`` under prlimit: address space, CPU time, processes, no core dumps."""
+        prlimit = shutil.which("prlimit")
+        if not self.limits or prlimit is None:
+            return argv
+        settings = self.settings
+        return [
+            prlimit,
+            f"--as={settings.sandbox_memory_mb * 1024 * 1024}",
+            f"--cpu={settings.sandbox_cpu_seconds}",
+            f"--nproc={settings.sandbox_max_processes}",
+            "--core=0",
+            "--",
+            *argv,
+        ]
+
+
+# -- setup cache ----------------------------------------------------------------------------------
+
+
+class SetupFailed(RuntimeError):
+    """The repository's setup command failed; the job cannot run its tests, so it stops here."""
+
+    def __init__(self, result: CommandResult) -> None:
+        self.result = result
+        how = "timed out" if result.timed_out else f"exited {result.exit_code}"
+        tail = result.output.strip()[-2000:]
+        super().__init__(f"setup command `{result.command}` {how}:\n{tail}")
+
+
+class SetupCache:
+    """Setup results of one repository under ``cache_root/<repo id>/<key>``, shared by processes.
+
+    An entry exists only once its setup succeeded and wrote something: setup writes a temporary
+    directory that is renamed into place, so a reader never sees a half-built entry, and a crash
+    leaves only a temporary directory that the next builder of that key removes. Building a key
+    holds an ``flock`` so two jobs on one repository do not install the same thing twice. Entries
+    are never changed after publication (commands mount them read-only) and may be deleted at any
+    time to reclaim space.
+    """
+
+    def __init__(self, root: Path, repo: str) -> None:
+        self.directory = root / repo
+
+    def entry(self, key: str) -> Path:
+        return self.directory / key
+
+    def ready(self, key: str) -> Path | None:
+        entry = self.entry(key)
+        return entry if entry.is_dir() else None
+
+    @contextlib.contextmanager
+    def building(self, key: str) -> Iterator[SetupBuild | None]:
+        """Hold the key's lock; yields None when another process published it meanwhile."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.ready(key) is not None:
+                yield None
+                return
+            for stale in self.directory.glob(f".{key}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # a builder that died holding the lock
+            build = SetupBuild(
+                Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=self.directory)), self.entry(key)
+            )
+            try:
+                yield build
+            finally:
+                shutil.rmtree(build.source, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SetupBuild:
+    """One setup run's temporary cache directory and where it is published."""
+
+    source: Path
+    target: Path
+
+    @property
+    def mount(self) -> CacheMount:
+        return CacheMount(self.source, self.target, writable=True)
+
+    def publish(self) -> Path | None:
+        """Rename the result into place; None when setup left nothing in the cache to reuse."""
+        if not any(self.source.iterdir()):
+            return None
+        self.source.rename(self.target)
+        return self.target

@@ -1,0 +1,106 @@
+"""What the model is told: one system prompt per operation type, the task from the job's fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codeworker.models import Job, OperationType
+
+SYSTEM = """\
+You are codeworker, an autonomous software engineer changing a git checkout at {root} so that a \
+{operation} request is done. Nobody answers questions: work until the task is done, then end your \
+turn with a short summary of what you changed and why.
+
+Tools:
+- str_replace_based_edit_tool: view files (line-numbered, view_range) and directories, create \
+files, str_replace (old_str must match exactly once; quote it from a fresh view), insert lines. \
+Paths are relative to the checkout or absolute under {root}; nothing outside it, and nothing in \
+.git, can be read or written.
+- bash: each call runs one command in a fresh sandboxed shell in the checkout: no network, no \
+credentials, a time limit; state other than files does not carry over between calls. Use it to \
+run the tests, grep and inspect.
+
+Rules:
+- Make the smallest change that does the job, in the style of the code around it.
+- Do not commit, push or create branches: the worker commits and opens the pull request.
+- Do not weaken, skip or delete tests to make them pass.
+- When you end your turn, the worker runs the test suite itself and judges the result; if it \
+fails you get the failure and another chance.
+{operation_rules}"""
+
+OPERATION_RULES = {
+    OperationType.ERROR_FIX: "- Find the root cause of the reported error and fix it; the failing "
+    "behaviour must be gone and every test that passed before must still pass.",
+    OperationType.FEATURE_IMPLEMENTATION: "- Implement the feature completely, with tests for its "
+    "acceptance criteria following the test strategy; existing tests must keep passing.",
+    OperationType.REFACTOR: "- Behaviour must not change: the test outcome must stay exactly as it "
+    "was. The diff must not be empty.",
+    OperationType.TEST: "- Write new tests (new or changed test files) that pass and raise the line "
+    "coverage of the target files; do not change the code under test.",
+}
+
+WRAP_UP = (
+    "Budget notice: {reason}. Wrap up now: finish the edit in progress, run the tests once if "
+    "needed, and end your turn with a summary. The job stops when the budget runs out."
+)
+
+LOOP_WARNING = (
+    "\n\n[codeworker] You have made this exact call {count} times recently and got the same answer. "
+    "Do something different; one more identical call ends the job."
+)
+
+TRUNCATED = (
+    "Your reply was cut off at the output token limit before it was complete. Continue, in "
+    "smaller steps (smaller edits, fewer lines at a time)."
+)
+
+
+def system_prompt(job: Job, root: Path) -> str:
+    return SYSTEM.format(
+        root=root,
+        operation=job.operation_type.replace("_", " "),
+        operation_rules=OPERATION_RULES[OperationType(job.operation_type)],
+    )
+
+
+def _items(value: str | list[str]) -> str:
+    if isinstance(value, list):
+        return "\n".join(f"- {item}" for item in value)
+    return value
+
+
+def task_prompt(job: Job) -> str:
+    """The first user message: the request, with every context field the job carries."""
+    parts = [f"# Task ({job.operation_type.replace('_', ' ')})", job.description.strip()]
+    if job.operation_type == OperationType.ERROR_FIX and job.error_context is not None:
+        ctx = job.error_context
+        if ctx.error_message:
+            parts += ["## Error message", f"```\n{ctx.error_message.strip()}\n```"]
+        if ctx.stack_trace:
+            parts += ["## Stack trace", f"```\n{ctx.stack_trace.strip()}\n```"]
+        if ctx.affected_files:
+            parts += ["## Affected files", _items(ctx.affected_files)]
+    if job.operation_type == OperationType.FEATURE_IMPLEMENTATION and job.feature_context is not None:
+        ctx = job.feature_context
+        if ctx.requirements:
+            parts += ["## Requirements", _items(ctx.requirements)]
+        if ctx.acceptance_criteria:
+            parts += ["## Acceptance criteria", _items(ctx.acceptance_criteria)]
+        if ctx.test_strategy:
+            parts += ["## Test strategy", ctx.test_strategy.strip()]
+    if job.operation_type == OperationType.REFACTOR:
+        parts += ["## Constraint", "Behaviour must not change: every test must give the same result as now."]
+    if job.target_files:
+        label = "Files to cover with tests" if job.operation_type == OperationType.TEST else "Target files"
+        parts += [f"## {label}", _items(job.target_files)]
+    if job.test_command:
+        parts += ["## Test command", f"`{job.test_command}`"]
+    return "\n\n".join(parts)
+
+
+def feedback_prompt(iteration: int, max_iterations: int, failure: str) -> str:
+    """The next user message after a failed verification."""
+    return (
+        f"The worker ran its verification after iteration {iteration} of {max_iterations} and it "
+        f"failed:\n\n{failure}\n\nFix this and end your turn again when done."
+    )

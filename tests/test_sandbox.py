@@ -1,0 +1,382 @@
+"""The sandbox, for real: bubblewrap around commands in real worktrees of a real git server."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+from pydantic import SecretStr
+
+from codeworker.checkout import Checkout
+from codeworker.commands import run_process
+from codeworker.config import Settings
+from codeworker.keys import Keys, repo_id
+from codeworker.locks import FileLocks
+from codeworker.sandbox import SandboxUnavailable, SetupFailed, check_sandbox
+from codeworker.workspace import Mirrors, Worktree
+from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
+from tests.support.gitserver import GitServer
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+REDIS_CANARY = "redis://cwcanary-redis-url-93d1:6379/0"
+FILES = {"README.md": "hello\n", "app.py": "def f():\n    return 1\n"}
+
+
+@dataclass
+class Env:
+    settings: Settings
+    mirrors: Mirrors
+    git_server: GitServer
+    redis: redis.Redis
+    owner: str = "acme"
+
+    def repo(self, files: dict[str, str] | None = None) -> str:
+        name = f"sb{uuid.uuid4().hex[:8]}"
+        return self.git_server.create_repo(self.owner, name, files or FILES)
+
+    def worktree(self, url: str, operation_id: str | None = None) -> Worktree:
+        operation_id = operation_id or f"op-{uuid.uuid4().hex[:8]}"
+        return self.mirrors.checkout(url, "main", f"codeworker/{operation_id}", operation_id)
+
+    def checkout(self, worktree: Worktree, settings: Settings | None = None) -> Checkout:
+        locks = FileLocks(self.redis, Keys(), repo_id(worktree.url), worktree.operation_id, 30)
+        return Checkout(worktree, locks, settings or self.settings, None)
+
+
+@pytest.fixture()
+def env(tmp_path: Path, git_server: GitServer, redis_client: redis.Redis) -> Iterator[Env]:
+    settings = Settings(
+        workspace_root=tmp_path / "ws",
+        cache_root=tmp_path / "cache",
+        trajectory_dir=tmp_path / "trajectories",
+        github_token=SecretStr(GITHUB_TOKEN),
+        command_timeout=60,
+        sandbox_memory_mb=512,
+    )
+    mirrors = Mirrors(settings.workspace_root, settings.github_token, 5_000, 30_000)
+    yield Env(settings, mirrors, git_server, redis_client)
+
+
+@pytest.fixture()
+def checkout(env: Env) -> Iterator[Checkout]:
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree)
+    yield box
+    box.close()
+    worktree.remove()
+
+
+@pytest.fixture()
+def listener() -> Iterator[int]:
+    """A TCP server on loopback that the host can reach; returns its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()[1]
+    server.close()
+
+
+def _python(code: str) -> list[str]:
+    return ["python", "-c", code]  # the worker's interpreter: first on the sandbox's PATH
+
+
+# -- network ------------------------------------------------------------------------------------
+
+
+def test_no_network_not_even_loopback(checkout: Checkout, listener: int) -> None:
+    # The host can connect: the server is real.
+    socket.create_connection(("127.0.0.1", listener), 2).close()
+
+    local = checkout.run(_python(f"import socket; socket.create_connection(('127.0.0.1', {listener}), 2)"))
+    remote = checkout.run(_python("import socket; socket.create_connection(('1.1.1.1', 53), 2)"))
+
+    assert local.exit_code != 0 and "Error" in local.output
+    assert remote.exit_code != 0 and "Error" in remote.output
+
+
+# -- credentials --------------------------------------------------------------------------------
+
+
+def test_worker_credentials_are_invisible(checkout: Checkout, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("REDIS_URL", REDIS_CANARY)
+    # The environment, and every process's environment the sandbox can see (pid namespace).
+    result = checkout.run("env; cat /proc/[0-9]*/environ | tr '\\0' '\\n'; echo done")
+
+    assert result.ok, result.output
+    assert "done" in result.output and "HOME=/tmp" in result.output
+    for canary in (GITHUB_TOKEN, ANTHROPIC_KEY, REDIS_CANARY, "GITHUB_TOKEN", "REDIS_URL"):
+        assert canary not in result.output
+
+
+def test_worker_home_and_trajectories_are_hidden(env: Env, checkout: Checkout) -> None:
+    env.settings.trajectory_dir.mkdir()
+    (env.settings.trajectory_dir / "op.jsonl").write_text("secret trajectory\n")
+    home = Path.home()
+    result = checkout.run(f"ls -A {home}; cat {env.settings.trajectory_dir}/op.jsonl; echo listed")
+
+    assert "listed" in result.output
+    assert "secret trajectory" not in result.output
+    listing = checkout.run(f"ls -A {home} | wc -l")
+    assert listing.output.strip().splitlines()[-1] in ("0", "1")  # empty, or just the bound Python
+
+
+# -- file system --------------------------------------------------------------------------------
+
+
+def test_writes_stay_inside_the_checkout(env: Env, checkout: Checkout) -> None:
+    other = env.worktree(env.repo())
+    mirror = env.mirrors.mirror_path(checkout._worktree.url)
+    marker = f"cw-{uuid.uuid4().hex[:8]}"
+    targets = {
+        "/etc": Path("/etc") / marker,
+        "home": Path.home() / marker,
+        "other checkout": other.path / marker,
+        "mirror refs": mirror / "refs" / "heads" / marker,
+        "workspace root": env.settings.workspace_root / marker,
+    }
+    try:
+        for where, path in targets.items():
+            result = checkout.run(["/bin/sh", "-c", f"echo x > {path}"])
+            assert result.exit_code != 0, f"{where}: {result.output}"
+            assert not path.exists(), where
+        mine = checkout.run("echo x > inside.txt && echo y > /tmp/t && cat /tmp/t")
+        assert mine.ok and mine.output.strip() == "y"
+        assert (checkout.root / "inside.txt").read_text() == "x\n"
+    finally:
+        other.remove()
+
+
+def test_another_jobs_checkout_is_not_readable(env: Env, checkout: Checkout) -> None:
+    other = env.worktree(env.repo({"secret.txt": "other job's work\n"}))
+    try:
+        (other.path / "draft.py").write_text("uncommitted\n")
+        result = checkout.run(f"cat {other.path}/secret.txt {other.path}/draft.py")
+        listing = checkout.run(f"ls {other.path.parent}")
+        assert result.exit_code != 0
+        assert "other job's work" not in result.output and "uncommitted" not in result.output
+        assert listing.output.split() == [checkout.root.name]
+    finally:
+        other.remove()
+
+
+def test_git_works_in_the_worktree(checkout: Checkout) -> None:
+    (checkout.root / "app.py").write_text("def f():\n    return 2\n")
+    status = checkout.run("git status --short")
+    diff = checkout.run("git diff")
+    log = checkout.run("git log --oneline -n 1")
+
+    assert status.ok and " M app.py" in status.output, status.output
+    assert diff.ok and "+    return 2" in diff.output
+    assert log.ok and "Initial commit" in log.output
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """Still running ``marker``: a zombie waiting to be reaped, or a reused pid, is not."""
+    try:
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return marker.encode() in cmdline
+
+
+def test_timeout_kills_forked_children(checkout: Checkout) -> None:
+    # setsid: the child even leaves the command's session; the pid namespace still takes it down.
+    result = checkout.run("setsid sleep 3141.59 & echo started > started; wait", timeout=1.5)
+
+    assert result.timed_out and result.exit_code is None
+    assert (checkout.root / "started").read_text() == "started\n"
+    assert _processes_with("3141.59") == []
+
+
+def test_memory_hog_fails_alone(checkout: Checkout) -> None:
+    result = checkout.run(_python("x = bytearray(2 * 1024 ** 3); print('allocated')"))
+    assert result.exit_code != 0
+    assert "MemoryError" in result.output and "allocated" not in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="the kernel does not apply RLIMIT_NPROC to uid 0")
+def test_fork_bomb_stops_at_the_process_limit(env: Env, checkout: Checkout) -> None:
+    code = "import os\nn = 0\ntry:\n    while n < 2000:\n        if os.fork() == 0:\n            os.pause()\n"
+    code += "        n += 1\nexcept OSError:\n    print('stopped at', n)\n"
+    result = checkout.run(_python(code), timeout=20)
+    assert "stopped at" in result.output
+
+
+# -- setup --------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def http_server() -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"payload-from-network"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dep"
+    server.shutdown()
+    server.server_close()
+
+
+FETCH = "import os, urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
+
+
+def _setup_repo(env: Env, url: str, requirements: str = "dep==1\n") -> str:
+    fetch = FETCH.format(url=url)
+    setup = f'python -c "{fetch}" > $CODEWORKER_CACHE/payload && echo run >> $CODEWORKER_CACHE/count'
+    config = yaml.safe_dump({"setup_command": setup})
+    return env.repo({**FILES, ".codeworker.yml": config, "requirements.txt": requirements})
+
+
+def test_setup_has_network_later_commands_do_not(env: Env, http_server: str) -> None:
+    worktree = env.worktree(_setup_repo(env, http_server))
+    box = env.checkout(worktree)
+    try:
+        result = box.setup()
+        assert result is not None and result.ok, result and result.output
+
+        later = box.run(_python(FETCH.format(url=http_server)))
+        cached = box.run('cat "$CODEWORKER_CACHE/payload"; echo x >> "$CODEWORKER_CACHE/count"')
+
+        assert later.exit_code != 0 and "payload-from-network" not in later.output
+        assert "payload-from-network" in cached.output
+        assert "Read-only file system" in cached.output  # the cache is read-only after setup
+    finally:
+        box.close()
+        worktree.remove()
+
+
+def test_setup_is_reused_until_dependency_files_change(env: Env, http_server: str) -> None:
+    url = _setup_repo(env, http_server)
+    first, second = env.worktree(url), env.worktree(url)
+    box1, box2 = env.checkout(first), env.checkout(second)
+    try:
+        assert box1.setup() is not None
+        assert box2.setup() is None  # reused
+        count = box2.run('cat "$CODEWORKER_CACHE/count"')
+        assert count.output.splitlines() == ["run"]
+
+        name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+        env.git_server.commit_on(env.owner, name, "main", {"requirements.txt": "dep==2\n"}, "bump")
+        third = env.worktree(url)
+        box3 = env.checkout(third)
+        try:
+            assert box3.setup() is not None  # a new key: setup runs again
+            assert box3.run('cat "$CODEWORKER_CACHE/count"').output.splitlines() == ["run"]
+        finally:
+            box3.close()
+            third.remove()
+    finally:
+        for box, wt in ((box1, first), (box2, second)):
+            box.close()
+            wt.remove()
+
+
+def test_failed_setup_raises_and_publishes_nothing(env: Env) -> None:
+    config = "setup_command: 'echo partial > $CODEWORKER_CACHE/x; echo boom-output; exit 3'\n"
+    worktree = env.worktree(env.repo({**FILES, ".codeworker.yml": config}))
+    box = env.checkout(worktree)
+    try:
+        with pytest.raises(SetupFailed, match=r"exited 3:\nboom-output"):
+            box.setup()
+        repo_cache = env.settings.cache_root / repo_id(worktree.url)
+        assert [p.name for p in repo_cache.iterdir() if not p.name.endswith(".lock")] == []
+    finally:
+        box.close()
+        worktree.remove()
+
+
+def test_nothing_to_set_up(checkout: Checkout) -> None:
+    assert checkout.setup() is None
+
+
+# -- start-up check and the unsandboxed fallback ------------------------------------------------
+
+
+def test_check_sandbox_refuses_a_missing_bwrap(env: Env) -> None:
+    check_sandbox(env.settings)  # the real one works
+    bogus = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap"})
+    with pytest.raises(SandboxUnavailable, match="CODEWORKER_ALLOW_UNSANDBOXED"):
+        check_sandbox(bogus)
+    check_sandbox(bogus.model_copy(update={"allow_unsandboxed": True}))
+
+
+def test_unsandboxed_fallback_keeps_env_reduction_and_group_kill(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    settings = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap", "allow_unsandboxed": True})
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree, settings)
+    try:
+        assert GITHUB_TOKEN not in box.run("env").output
+        result = box.run("sleep 2718.28 & echo $! > pid; wait", timeout=1.5)
+        assert result.timed_out
+        pid = int((worktree.path / "pid").read_text())
+        assert not _alive(pid, "2718.28")
+    finally:
+        box.close()
+        worktree.remove()
+
+
+def test_refused_at_run_time_too(env: Env) -> None:
+    settings = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap"})
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree, settings)
+    try:
+        with pytest.raises(SandboxUnavailable):
+            box.run("true")
+    finally:
+        box.close()
+        worktree.remove()
+
+
+def test_commands_do_not_inherit_ignored_signals(tmp_path):
+    """Celery's pool processes ignore SIGTERM and SIGINT; a command they start must not."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        result = run_process(
+            ["grep", "SigIgn", "/proc/self/status"], "grep", tmp_path, {"PATH": "/usr/bin:/bin"}, 10
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    ignored = int(result.output.split()[1], 16)
+    assert result.ok
+    assert not ignored & (1 << (signal.SIGTERM - 1))
