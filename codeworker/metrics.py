@@ -34,6 +34,8 @@ from prometheus_client import (
     values,
 )
 
+from codeworker.active import alive
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2400)
@@ -159,18 +161,8 @@ def _sweep_dead_processes(path: Path) -> None:
     """Children killed outright (SIGKILL, OOM) never run their exit hook; their pids are gone."""
     for file in path.glob("gauge_live*.db"):
         match = _LIVE_FILE.match(file.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             multiprocess.mark_process_dead(int(match.group(1)), str(path))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def registry() -> CollectorRegistry:

@@ -20,9 +20,10 @@ import pytest
 from pydantic import SecretStr
 
 from codeworker.config import Settings
-from codeworker.models import Job, TestRun, parse_job
+from codeworker.models import Job, parse_job
 from codeworker.pipeline import OperationDeferred, OperationRun, Pipeline
 from codeworker.replay import RecordedRequest, ReplayServer
+from codeworker.verification import Verifier as WorkerVerifier
 from executors.agent import AgentExecutor
 from executors.agent.trajectory import read_trajectory
 from executors.base import Workspace
@@ -38,44 +39,6 @@ FIX = "return round(total - total * percent / 100, 2)"
 
 def sample_files() -> dict[str, str]:
     return {str(p.relative_to(SAMPLE)): p.read_text() for p in sorted(SAMPLE.rglob("*")) if p.is_file()}
-
-
-# -- verification: the worker's own, or a minimal stand-in until codeworker.verification lands --
-
-
-class _Verdict:
-    def __init__(self, before: TestRun | None, after: TestRun) -> None:
-        self.before, self.after, self.ok = before, after, after.passed
-        self.reasons = [] if after.passed else [f"`{after.command}` failed (exit {after.exit_code})"]
-
-    def feedback(self, limit: int) -> str:
-        return "\n".join(self.reasons) + "\n\n" + self.after.output_tail[-limit:]
-
-
-class _TestsPass:
-    """Tests' fallback verifier: the test command passes."""
-
-    def __init__(self, job: Job, workspace: Workspace) -> None:
-        self.workspace = workspace
-
-    def _run(self) -> TestRun:
-        command = self.workspace.test_command() or "true"
-        result = self.workspace.run(command)
-        return TestRun(
-            command=command, exit_code=result.exit_code, passed=result.ok, output_tail=result.output[-3000:]
-        )
-
-    def baseline(self) -> TestRun | None:
-        return self._run()
-
-    def verify(self, baseline: TestRun | None) -> _Verdict:
-        return _Verdict(baseline, self._run())
-
-
-try:
-    from codeworker.verification import Verifier as WorkerVerifier
-except ImportError:  # built by another engineer; the fallback keeps these tests meaningful
-    WorkerVerifier = _TestsPass
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from codeworker import logs
 from codeworker.config import Settings, get_settings
 from codeworker.models import Job, TestRun, Verification
+from codeworker.verification import Verifier as WorkerVerifier
 from executors.agent import prompts
 from executors.agent.agent import Agent, text_block
 from executors.agent.budget import Ledger
@@ -53,8 +54,6 @@ def anthropic_model(settings: Settings, on_attempt: AttemptSink) -> Model:
 
 
 def worker_verifier(job: Job, workspace: Workspace) -> Verifier:
-    from codeworker.verification import Verifier as WorkerVerifier
-
     return WorkerVerifier(job, workspace)
 
 
