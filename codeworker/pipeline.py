@@ -197,16 +197,17 @@ class Pipeline:
             try:
                 result = run.execute(final_attempt=attempt >= self.settings.max_deferrals)
             except RetryLater as exc:
+                self.journal.remove(job.operation_id)
                 self.claims.abandon(job.operation_id, claim.owner)
                 delay = deferral_delay(attempt, exc.retry_after)
                 log.warning(
                     "operation retried: %s; again in %.0f s", exc, delay, extra={"lifecycle": "retried"}
                 )
                 raise OperationDeferred(str(exc), delay) from None
-            else:
-                self.claims.finish(job.operation_id, claim.owner, result)
-            finally:
-                self.journal.remove(job.operation_id)
+            # Only a job that really ended leaves the journal: one cancelled by a shutdown
+            # (SystemExit in the pool child) stays, for the main process to abandon.
+            self.claims.finish(job.operation_id, claim.owner, result)
+            self.journal.remove(job.operation_id)
             outcome = "completed" if result["success"] else "failed"
             log.info(
                 "operation %s",

@@ -284,9 +284,11 @@ class Sandbox:
 
     @staticmethod
     def _python_paths(hidden: Sequence[Path]) -> list[Path]:
-        """The worker's Python (venv and base install) when a hidden directory would cover it."""
+        """The worker's Python (venv and base install) when a hidden directory or the private /tmp
+        would cover it (a checkout of codeworker under /tmp runs its tests from /tmp/.../.venv)."""
         wanted = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
-        return sorted(p for p in wanted if any(p.is_relative_to(h) for h in hidden))
+        covering = [*hidden, Path(SANDBOX_TMP)]
+        return sorted(p for p in wanted if any(p.is_relative_to(h) for h in covering))
 
     def _limited(self, argv: list[str]) -> list[str]:
         """``argv`` under prlimit: address space, CPU time, processes, no core dumps."""
