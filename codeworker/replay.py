@@ -14,10 +14,11 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from codeworker.loopback import LoopbackServer
 from executors.agent.trajectory import read_trajectory
 
 REPLAY_RETRY_CAP_MS = 200.0
@@ -69,8 +70,6 @@ def last_tool_results(body: Any) -> list[Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_ref: MessagesServer
-
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
@@ -79,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         request = RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        self._send(self.server_ref.handle(request))
+        self._send(self.server.owner.handle(request))
 
     def do_GET(self) -> None:
         self._send(api_error(404, "not_found_error", f"{self.path} is not served here"))
@@ -99,45 +98,23 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-class MessagesServer:
+class MessagesServer(LoopbackServer):
     """A Messages API on ``127.0.0.1``; subclasses decide the answer to each request.
 
     With ``api_key`` set, a request must carry it (``Authorization: Bearer`` or ``x-api-key``).
     """
 
+    handler = _Handler
+
     def __init__(self, api_key: str | None = None) -> None:
+        super().__init__()
         self.api_key = api_key
         self.requests: list[RecordedRequest] = []
         self.lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start the server first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> Self:
-        handler = type("_BoundHandler", (_Handler,), {"server_ref": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"http://127.0.0.1:{self.port}"
 
     def handle(self, request: RecordedRequest) -> Reply:
         with self.lock:

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from codeworker.loopback import LoopbackServer
 
 DOCS_URL = "https://docs.github.com/rest"
 
@@ -78,7 +80,7 @@ class _ValidationFailed(Exception):
         self.error = error
 
 
-class GitHubStub:
+class GitHubStub(LoopbackServer):
     """GitHub's REST API for one token, on ``127.0.0.1`` and a free port.
 
     Every repository exists on first use (default branch ``main``); ``add_repo`` sets another one.
@@ -88,47 +90,13 @@ class GitHubStub:
     login = "codeworker-bot"
 
     def __init__(self, token: str) -> None:
+        super().__init__()
         self.token = token
         self.requests: list[RecordedRequest] = []
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1000)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> GitHubStub:
-        handler = type("_BoundHandler", (_Handler,), {"stub": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.02,), name="github-stub", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> GitHubStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("GitHubStub is not started")
-        return self._server.server_address[1]
 
     @property
     def url(self) -> str:
@@ -478,7 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             status, payload = _error(400, "Problems parsing JSON")
         else:
-            status, payload = self.stub._handle(self.command, self.path, dict(self.headers.items()), body)
+            status, payload = self.server.owner._handle(
+                self.command, self.path, dict(self.headers.items()), body
+            )
         data = json.dumps(payload).encode()
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -496,3 +466,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests read ``stub.requests`` instead of stderr."""
+
+
+GitHubStub.handler = _Handler

@@ -20,9 +20,11 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO
+
+from codeworker.loopback import LoopbackServer
 
 _HTTP_BACKEND = (
     Path(subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip())
@@ -93,7 +95,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     # Keep-alive, as GitHub does; every response therefore carries a Content-Length.
     protocol_version = "HTTP/1.1"
-    server: _Server
 
     def do_GET(self) -> None:
         self._serve()
@@ -105,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Silent: the request list is the log, and stderr noise hides test output."""
 
     def _serve(self) -> None:
-        git_server = self.server.git_server
+        git_server = self.server.owner
         git_server.record(RecordedRequest(self.command, self.path, dict(self.headers.items())))
         if not git_server.authorized(self.headers.get("Authorization")):
             self._unauthorized()
@@ -170,53 +171,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    git_server: GitServer
-
-
-class GitServer:
+class GitServer(LoopbackServer):
     """Bare repositories under ``root`` served over smart HTTP on 127.0.0.1, token required."""
 
+    handler = _Handler
+
     def __init__(self, root: Path, token: str) -> None:
+        super().__init__()
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
         self.requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        httpd = _Server(("127.0.0.1", 0), _Handler)
-        httpd.git_server = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="git-server", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> GitServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("GitServer is not started")
-        return self._httpd.server_address[1]
 
     @property
     def base_url(self) -> str:
