@@ -5,7 +5,7 @@ SCANNER_VENV := .venv-scanner
 TRUFFLEHOG_VERSION := 3.0.10
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format tools scanner clean system-tools
+.PHONY: demo test lint format tools scanner clean system-tools deploy-tools
 
 demo: tools
 	$(BIN)/python -m demo
@@ -22,7 +22,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-tools: $(BIN)/.installed scanner system-tools
+tools: $(BIN)/.installed scanner system-tools deploy-tools
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,26 @@ system-tools:
 	    echo "installing $$pkg"; apt-get install -y -qq $$pkg >/dev/null || { apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null; }; \
 	  else echo "missing: $$tool (install it: sudo apt-get install $$pkg)"; exit 1; fi; \
 	done
+
+# What tests/test_deploy.py checks deploy/ with (it skips, saying so, what is missing): promtool,
+# taken out of Debian's prometheus package without installing (and starting) the server, and a
+# compose client. hadolint and the Kubernetes schemas come with the test extra.
+PROMTOOL := .work/tools/prometheus/usr/bin/promtool
+
+deploy-tools: $(PROMTOOL)
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing docker-compose"; \
+	  apt-get install -y -qq docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null 2>&1; } \
+	  || echo "could not install docker-compose: tests/test_deploy.py skips the compose check"; \
+	else echo "missing: docker-compose (sudo apt-get install docker-compose); tests/test_deploy.py skips the compose check"; fi
+
+$(PROMTOOL):
+	@command -v promtool >/dev/null && exit 0; \
+	rm -rf .work/tools/prometheus && mkdir -p .work/tools && cd .work/tools && \
+	{ apt-get download prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb && echo "extracted promtool to $(PROMTOOL)" \
+	|| echo "could not get promtool (apt-get download prometheus): tests/test_deploy.py skips the Prometheus checks"
 
 clean:
 	rm -rf $(VENV) $(SCANNER_VENV) *.egg-info .work

@@ -37,6 +37,8 @@ def create_app() -> Celery:
     app = Celery("codeworker", include=TASK_MODULES)
     app.conf.update(
         broker_url=settings.redis_url,
+        # kombu's Redis transport, except that an undecodable queue entry is dropped, not fatal.
+        broker_transport="codeworker.broker:Transport",
         result_backend=settings.redis_url,
         # A job is acknowledged only when it ends, so a worker that dies mid-job loses nothing.
         task_acks_late=True,

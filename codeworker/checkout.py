@@ -3,33 +3,55 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from codeworker.commands import CommandResult
 from codeworker.config import Settings
 from codeworker.keys import repo_id
 from codeworker.locks import FileLocks
-from codeworker.models import relative_path
-from codeworker.repo_config import setup_plan, test_command_for
-from codeworker.sandbox import CacheMount, Sandbox, SetupCache, SetupFailed
+from codeworker.models import relative_path, shown
+from codeworker.repo_config import load_repo_config, setup_plan, test_command_for
+from codeworker.sandbox import CacheMount, GitView, Sandbox, SetupCache, SetupFailed
 from codeworker.workspace import Worktree
 
-__all__ = ["Checkout", "PathEscape", "SetupFailed"]
+__all__ = ["Checkout", "PathEscape", "SetupFailed", "UnusablePath"]
+
+NAME_MAX = 255
+"""Bytes in one file name (Linux): a longer one fails deep inside open() with a bare ENAMETOOLONG."""
+
+MAX_DEPTH = 100
+"""Parts in a path, file name included: libgit2 refuses to stage a tree nested 100 directories deep."""
 
 
 class PathEscape(ValueError):
     """A path that would leave the checkout or reach into .git."""
 
 
+class UnusablePath(OSError):
+    """A path inside the checkout that the editor cannot use: too long, too deep, or not a
+    regular file (a FIFO would block the worker in open() forever)."""
+
+
 def git_admin_dir(checkout: Path) -> Path | None:
-    """The worktree's admin directory in the mirror (``.git`` is a file naming it), if any."""
+    """The worktree's admin directory in the mirror (``.git`` is a file naming it), if any.
+
+    Only read when the :class:`Checkout` is made, before any command of the job ran: later the
+    agent may have rewritten the file.
+    """
     gitfile = checkout / ".git"
     if not gitfile.is_file():
         return None
     admin = Path(gitfile.read_text(encoding="utf-8").removeprefix("gitdir:").strip())
     return admin if admin.is_dir() else None
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular, non-directory file is, for an error message; None for a regular file."""
+    kinds = {stat.S_ISFIFO: "FIFO", stat.S_ISSOCK: "socket", stat.S_ISCHR: "device", stat.S_ISBLK: "device"}
+    return next((name for test, name in kinds.items() if test(mode)), None)
 
 
 class Checkout:
@@ -50,13 +72,16 @@ class Checkout:
         self._locks = locks
         self._settings = settings
         self._requested_test_command = requested_test_command
+        # The repository's settings are those of the base commit: read now, before any command
+        # runs, so the agent cannot swap the test command the verification trusts.
+        self._repo_config = load_repo_config(worktree.path)
         self._scratch = Path(tempfile.mkdtemp(prefix="cw-scratch-"))
+        admin = git_admin_dir(worktree.path)
+        self._git_view = GitView.of(admin) if admin is not None else None
         # Mirrors keeps worktrees at <root>/worktrees/<operation id>; hide that root as well as the
         # configured one, so no other job's checkout or mirror is visible.
         roots = [worktree.path.parent.parent, settings.workspace_root]
-        self._sandbox = Sandbox.for_checkout(
-            settings, worktree.path, roots, git_admin_dir(worktree.path), self._scratch
-        )
+        self._sandbox = Sandbox.for_checkout(settings, worktree.path, roots, self._git_view, self._scratch)
 
     @property
     def root(self) -> Path:
@@ -76,28 +101,52 @@ class Checkout:
             try:
                 path = str(candidate.relative_to(self.root))
             except ValueError:
-                raise PathEscape(f"{path} is outside the checkout") from None
+                raise PathEscape(f"{shown(path)} is outside the checkout") from None
         try:
             relative = relative_path(path)
         except ValueError as exc:
             raise PathEscape(str(exc)) from None
+        parts = PurePosixPath(relative).parts
+        if len(parts) > MAX_DEPTH:
+            raise UnusablePath(f"{shown(path)} is {len(parts)} levels deep; git stages at most {MAX_DEPTH}")
+        if any(len(part.encode()) > NAME_MAX for part in parts):
+            raise UnusablePath(
+                f"{shown(path)} has a name longer than {NAME_MAX} bytes, the file system's limit"
+            )
         # Resolve symlinks: a committed link pointing outside must not become a way out.
-        real = (self.root / relative).resolve()
+        try:
+            real = (self.root / relative).resolve()
+        except RuntimeError:  # pathlib's report of a symlink loop
+            raise UnusablePath(f"{shown(path)} is a loop of symbolic links") from None
         root = self.root.resolve()
         if real != root and not real.is_relative_to(root):
-            raise PathEscape(f"{path} resolves outside the checkout")
+            raise PathEscape(f"{shown(path)} resolves outside the checkout")
         if real.is_relative_to(root / ".git"):
-            raise PathEscape(f"{path} points into .git")
+            raise PathEscape(f"{shown(path)} points into .git")
         return real
 
     def relative(self, path: str) -> str:
         return str(self.resolve(path).relative_to(self.root.resolve()))
 
+    def _regular_file(self, path: str) -> Path:
+        """:meth:`resolve`, refusing anything that exists and is neither a regular file nor a
+        directory: reading or writing a FIFO the agent made would block the worker for good."""
+        real = self.resolve(path)
+        try:
+            kind = _kind(real.stat().st_mode)
+        except FileNotFoundError:
+            return real
+        if kind is not None:
+            raise UnusablePath(
+                f"{shown(path)} is a {kind}, not a regular file; the editor uses regular files only"
+            )
+        return real
+
     def read_file(self, path: str) -> str:
-        return self.resolve(path).read_text(encoding="utf-8", errors="replace")
+        return self._regular_file(path).read_text(encoding="utf-8", errors="replace")
 
     def write_file(self, path: str, content: str) -> None:
-        target = self.resolve(path)
+        target = self._regular_file(path)
         self.lock(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content, encoding="utf-8")
@@ -110,7 +159,10 @@ class Checkout:
     def run(
         self, command: str | Sequence[str], timeout: float | None = None, env: Mapping[str, str] | None = None
     ) -> CommandResult:
-        return self._sandbox.run(command, timeout, env)
+        try:
+            return self._sandbox.run(command, timeout, env)
+        finally:
+            self._clear_scratch()
 
     def setup(self) -> CommandResult | None:
         """Run the repository's setup once, with network, before the model sees anything.
@@ -118,7 +170,7 @@ class Checkout:
         None when there is nothing to set up or an earlier job's result for the same dependency
         files is reused. Raises :class:`SetupFailed` (with the output's tail) when setup fails.
         """
-        plan = setup_plan(self.root)
+        plan = setup_plan(self.root, self._repo_config)
         if plan is None:
             return None
         cache = SetupCache(self._settings.cache_root, repo_id(self._worktree.url))
@@ -131,9 +183,12 @@ class Checkout:
             if build is None:
                 self._use_cache(cache.entry(key))
                 return None
-            result = self._sandbox.with_cache(build.mount).run(
-                plan.command, self._settings.setup_timeout, network=True
-            )
+            try:
+                result = self._sandbox.with_cache(build.mount).run(
+                    plan.command, self._settings.setup_timeout, network=True
+                )
+            finally:
+                self._clear_scratch()
             if not result.ok:
                 raise SetupFailed(result)
             published = build.publish()
@@ -144,11 +199,22 @@ class Checkout:
     def _use_cache(self, entry: Path) -> None:
         self._sandbox = self._sandbox.with_cache(CacheMount(entry, entry))
 
+    def _clear_scratch(self) -> None:
+        """Remove whatever a command left at the top of scratch that is neither a regular file nor a
+        directory. The worker writes and reads fixed names there (test reports, the coverage
+        plugin) outside the sandbox: a symlink planted under one of them would have it overwrite or
+        read a host file, and a FIFO would block it."""
+        for entry in self._scratch.iterdir():
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                entry.unlink(missing_ok=True)
+
     def changed_files(self) -> list[str]:
         return self._worktree.changed_files()
 
     def test_command(self) -> str | None:
-        return test_command_for(self.root, self._requested_test_command)
+        return test_command_for(self.root, self._requested_test_command, self._repo_config)
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._git_view is not None:
+            self._git_view.remove()

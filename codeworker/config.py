@@ -199,7 +199,16 @@ class Settings(BaseSettings):
     """Characters of a tool result the model sees (head and tail are kept)."""
 
     max_view_bytes: int = 1_000_000
-    """Largest file the agent may view."""
+    """Largest file, in bytes, the agent's editor may read (view, str_replace, insert) or write."""
+
+    max_repo_bytes: int = Field(2 * 1024**3, ge=0)
+    """Largest repository, in bytes of git objects and of checked-out files; 0 is no limit."""
+
+    max_diff_bytes: int = Field(10_000_000, ge=0)
+    """Largest change pushed, in bytes of its ``git diff -U0`` patch; 0 is no limit."""
+
+    max_changed_files: int = Field(1000, ge=0)
+    """Most files one change may add, modify or delete; 0 is no limit."""
 
     loop_window: int = 8
     """How many recent tool calls loop detection looks at."""

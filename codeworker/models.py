@@ -8,6 +8,7 @@ the pydantic validation context, so the models stay plain data.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections import Counter
 from enum import StrEnum
@@ -19,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     computed_field,
@@ -37,6 +40,19 @@ BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,20
 
 MAX_TEXT = 100_000
 """Longest description or context text accepted, in characters."""
+
+MAX_PATH = 1024
+"""Longest repo-relative path accepted, in characters."""
+
+MAX_URL = 2048
+"""Longest repository URL accepted, in characters."""
+
+URL_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+"""One path segment of a repository URL: what GitHub allows in owner and repository names."""
+
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+"""Unicode control, format (bidi overrides, zero-width joiners) and line/paragraph separators:
+characters that make a path or URL read differently from what it is."""
 
 
 class OperationType(StrEnum):
@@ -72,22 +88,44 @@ class _Model(BaseModel):
     )
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """``repr`` of a value for an error message, cut short: a hostile job's 1 MB field must not be
+    echoed into every log line and result."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def invisible_characters(value: str) -> bool:
+    return any(unicodedata.category(char) in INVISIBLE_CATEGORIES for char in value)
+
+
 def relative_path(value: str) -> str:
     """A repo-relative POSIX path that cannot leave the checkout or reach into .git."""
+    if len(value) > MAX_PATH:
+        raise ValueError(f"path is longer than {MAX_PATH} characters")
     if not value or "\x00" in value or "\\" in value:
-        raise ValueError(f"{value!r} is not a repo-relative path")
+        raise ValueError(f"{shown(value)} is not a repo-relative path")
+    if invisible_characters(value):
+        raise ValueError(f"{shown(value)} holds control or invisible characters")
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{value!r} must be relative to the repository root, without '..'")
+        raise ValueError(f"{shown(value)} must be relative to the repository root, without '..'")
     if path.parts and path.parts[0] == ".git":
-        raise ValueError(f"{value!r} points into .git")
-    if len(value) > 1024:
-        raise ValueError("path is longer than 1024 characters")
+        raise ValueError(f"{shown(value)} points into .git")
     return str(path)
 
 
+def under_prefix(url: str, prefix: str) -> bool:
+    """Whether ``url`` lies under the allowlisted ``prefix``, compared as parsed URLs (scheme, host,
+    port, whole path segments), so ``https://github.com.evil.io`` is not under ``https://github.com``."""
+    have, want = urlsplit(url), urlsplit(prefix)
+    if (have.scheme.lower(), have.hostname, have.port) != (want.scheme.lower(), want.hostname, want.port):
+        return False
+    want_segments = [s for s in want.path.split("/") if s]
+    return [s for s in have.path.split("/") if s][: len(want_segments)] == want_segments
+
+
 class Repository(_Model):
-    url: str
+    url: str = Field(max_length=MAX_URL)
     owner: str = ""
     name: str = ""
     branch: str = "main"
@@ -95,6 +133,8 @@ class Repository(_Model):
     @field_validator("url")
     @classmethod
     def _allowed_url(cls, url: str, info: ValidationInfo) -> str:
+        if invisible_characters(url) or any(char.isspace() for char in url):
+            raise ValueError("the URL holds whitespace, control or invisible characters")
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http"):
             raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not allowed; use https")
@@ -102,10 +142,12 @@ class Repository(_Model):
             raise ValueError("credentials in the URL are not allowed; the worker authenticates itself")
         if parts.query or parts.fragment:
             raise ValueError("a repository URL has no query or fragment")
-        allowed: list[str] = (info.context or {}).get("allowed_repos", [])
-        if not any(url.startswith(prefix) for prefix in allowed):
-            raise ValueError(f"{url} is not under an allowed prefix ({', '.join(allowed) or 'none'})")
         segments = [s for s in parts.path.split("/") if s]
+        if any(not URL_SEGMENT.match(s) or s in (".", "..") for s in segments):
+            raise ValueError("the URL path may hold only letters, digits, '.', '_' and '-', without '..'")
+        allowed: list[str] = (info.context or {}).get("allowed_repos", [])
+        if not any(under_prefix(url, prefix) for prefix in allowed):
+            raise ValueError(f"{shown(url)} is not under an allowed prefix ({', '.join(allowed) or 'none'})")
         if len(segments) < 2:
             raise ValueError("the URL must name an owner and a repository")
         return url
@@ -114,7 +156,7 @@ class Repository(_Model):
     @classmethod
     def _branch_name(cls, branch: str) -> str:
         if not BRANCH_NAME.match(branch):
-            raise ValueError(f"{branch!r} is not a valid branch name")
+            raise ValueError(f"{shown(branch)} is not a valid branch name")
         return branch
 
     @model_validator(mode="after")
@@ -157,8 +199,9 @@ class Job(_Model):
     feature_context: FeatureContext | None = None
     organization_id: str = Field("", max_length=200)
     session_id: str = Field("", max_length=200)
-    approval_required: bool = True
-    max_iterations: int | None = None
+    approval_required: StrictBool = True
+    """Strict: a string such as "no" must not quietly turn into a merge without review."""
+    max_iterations: StrictInt | None = None
     operation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     test_command: str | None = Field(None, max_length=2000)
     executor: str | None = Field(None, max_length=100)
@@ -197,6 +240,17 @@ class InvalidJob(ValueError):
     def __init__(self, fields: dict[str, str]) -> None:
         self.fields = fields
         super().__init__("invalid job: " + "; ".join(f"{k}: {v}" for k, v in fields.items()))
+
+
+def job_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The one positional argument a task takes (the job); InvalidJob for any other call shape, so
+    a sender that gets the arguments wrong is told so in a result rather than by a TypeError."""
+    if len(args) != 1 or kwargs:
+        named = f" and keyword argument(s) {', '.join(sorted(kwargs))[:200]}" if kwargs else ""
+        raise InvalidJob(
+            {"args": f"the task takes exactly one positional argument, the job; got {len(args)}{named}"}
+        )
+    return args[0]
 
 
 def parse_job(raw: Any, *, operation_type: str, allowed_repos: list[str], max_iterations_cap: int) -> Job:

@@ -30,6 +30,7 @@ from codeworker.github import GitHubError, PullRequests
 from codeworker.keys import Keys, repo_id
 from codeworker.locks import FileLocks, LockWatchdog
 from codeworker.models import (
+    OPERATION_ID,
     InvalidJob,
     Job,
     PullRequestInfo,
@@ -40,10 +41,19 @@ from codeworker.models import (
     parse_job,
 )
 from codeworker.registry import LIVE_STATUSES, BranchRecord, BranchRegistry, BranchStatus
+from codeworker.repo_config import RepoConfigError
 from codeworker.report import commit_message, pr_body, pr_title
 from codeworker.sandbox import SetupFailed
 from codeworker.scan import SecretFinding, SecretScanner
-from codeworker.workspace import GitError, MergeConflict, Mirrors, PushRejected, Worktree
+from codeworker.workspace import (
+    GitError,
+    MergeConflict,
+    Mirrors,
+    PushRejected,
+    RepositoryTooLarge,
+    UnsafeSymlink,
+    Worktree,
+)
 from executors.base import Executor, Outcome, RetryLater
 from executors.registry import UnknownExecutor, load_executor
 
@@ -101,6 +111,19 @@ class StageFailed(Exception):
         super().__init__(message)
 
 
+class ChangeTooLarge(StageFailed):
+    """The executor's change is over ``max_diff_bytes`` or ``max_changed_files``: nothing is pushed.
+
+    Blocked rather than failed, as a secret is: the change exists, a policy keeps it off the remote.
+    """
+
+    def __init__(self, what: str, size: int, limit: int, setting: str) -> None:
+        super().__init__(
+            Status.BLOCKED,
+            f"the change is too large to push: {size:,} {what}, over the limit of {limit:,} ({setting})",
+        )
+
+
 def branch_name(job: Job) -> str:
     """``codeworker/<operation_type>/<short id>-<slug>``."""
     slug = re.sub(r"[^a-z0-9]+", "-", job.description.lower()).strip("-")[:40].strip("-") or "change"
@@ -142,6 +165,7 @@ class Pipeline:
                 settings.github_token,
                 settings.git_connect_timeout_ms,
                 settings.git_read_timeout_ms,
+                max_repo_bytes=settings.max_repo_bytes,
             ),
             scanner=SecretScanner(settings.scanner, settings.scan_timeout),
             pulls=PullRequests(
@@ -169,14 +193,7 @@ class Pipeline:
             )
             executor = self.resolve_executor(job.executor, job.operation_type)
         except (InvalidJob, UnknownExecutor) as exc:
-            sent_id = raw.get("operation_id") if isinstance(raw, dict) else None
-            log.warning("job rejected: %s", exc)
-            return Result(
-                success=False,
-                operation_id=sent_id if isinstance(sent_id, str) else None,
-                status=Status.INVALID,
-                error=logs.scrub(str(exc)),
-            ).model_dump(mode="json")
+            return self.reject(raw, exc)
 
         with logs.bound_operation(job.operation_id):
             claim = self.claims.claim(job.operation_id)
@@ -215,6 +232,18 @@ class Pipeline:
                 extra={"lifecycle": outcome, "status": result["status"], "duration": result["duration"]},
             )
             return result
+
+    def reject(self, raw: Any, exc: InvalidJob | UnknownExecutor) -> dict[str, Any]:
+        """The result of a job that cannot run as sent: status invalid, never retried. The sent
+        operation id is echoed only when it is a valid one, so a hostile id is not stored."""
+        sent_id = raw.get("operation_id", raw.get("operationId")) if isinstance(raw, dict) else None
+        log.warning("job rejected: %s", exc)
+        return Result(
+            success=False,
+            operation_id=sent_id if isinstance(sent_id, str) and OPERATION_ID.match(sent_id) else None,
+            status=Status.INVALID,
+            error=logs.scrub(str(exc)),
+        ).model_dump(mode="json")
 
     def abandon(self, entry: ActiveJob, reason: str) -> None:
         """Clean up after a job whose process was killed (shutdown, crash): its locks, its branch
@@ -376,9 +405,12 @@ class OperationRun:
     def _stages(self, watchdog: LockWatchdog) -> Result:
         job = self.job
         self._stage("checkout")
-        self.worktree = self.p.mirrors.checkout(
-            job.repository.url, job.repository.branch, self.branch, job.operation_id
-        )
+        try:
+            self.worktree = self.p.mirrors.checkout(
+                job.repository.url, job.repository.branch, self.branch, job.operation_id
+            )
+        except RepositoryTooLarge as exc:
+            raise StageFailed(Status.FAILED, str(exc)) from None
         self._stage("register")
         self.p.registry.register(
             BranchRecord.new(
@@ -402,7 +434,10 @@ class OperationRun:
                 metrics.lock_wait(job.operation_type, time.monotonic() - waited, acquired=acquired)
             self.p.registry.update(self.repo, self.branch, fencing_token=fence)
 
-        self.checkout = Checkout(self.worktree, self.locks, self.p.settings, job.test_command)
+        try:
+            self.checkout = Checkout(self.worktree, self.locks, self.p.settings, job.test_command)
+        except RepoConfigError as exc:
+            raise StageFailed(Status.FAILED, str(exc)) from None
         self._stage("setup")
         try:
             self.checkout.setup()
@@ -415,6 +450,11 @@ class OperationRun:
         self.files = self.worktree.changed_files()
         if not self.files:
             raise StageFailed(Status.NO_CHANGES, f"the {self.executor.name} executor made no changes")
+        self._check_change_size()
+        try:  # before locking: a link out of the checkout is refused by name, not as a bad path
+            self.worktree.check_symlinks()
+        except UnsafeSymlink as exc:
+            raise StageFailed(Status.BLOCKED, str(exc)) from None
         # Whatever the executor did, nothing is committed that this operation does not hold.
         for path in self.files:
             self.checkout.lock(path)
@@ -449,6 +489,21 @@ class OperationRun:
         if job.approval_required:
             return self._open_pull_request(findings)
         return self._merge(watchdog, findings)
+
+    def _check_change_size(self) -> None:
+        """Refuse a change too large to review before it is locked, scanned or committed."""
+        assert self.worktree is not None
+        settings = self.p.settings
+        if settings.max_changed_files and len(self.files) > settings.max_changed_files:
+            raise ChangeTooLarge(
+                "files changed", len(self.files), settings.max_changed_files, "CODEWORKER_MAX_CHANGED_FILES"
+            )
+        if settings.max_diff_bytes:
+            size = self.worktree.change_size()
+            if size > settings.max_diff_bytes:
+                raise ChangeTooLarge(
+                    "bytes of diff", size, settings.max_diff_bytes, "CODEWORKER_MAX_DIFF_BYTES"
+                )
 
     def _check_leases(self, watchdog: LockWatchdog) -> None:
         """Stop before anything leaves the machine if a lock was lost (expired or taken)."""

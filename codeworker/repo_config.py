@@ -1,7 +1,24 @@
 """What a repository may say about itself in ``.codeworker.yml``, and the test command it gets.
 
-The file may set ``test_command`` and ``setup_command`` only; anything else is ignored, so a
-repository cannot weaken the worker's policy.
+The file may set ``test_command`` and ``setup_command``, nothing else. Both run in the sandbox like
+every repository command (setup with network, to install dependencies; never with the worker's
+credentials). Policy (the secret scan, the sandbox, budgets, the iteration cap, the repository
+allowlist, the environment commands get) comes only from the worker's environment, so nothing a
+repository writes can weaken it.
+
+Unknown keys are ignored, and logged as a warning that names them: a typo (``test_comand``) must
+not fail a job, a key that tries to change policy (``scan: false``) has nothing to bind to, and an
+operator reading the log learns about both. A file that cannot be used as it stands fails the job
+with :class:`RepoConfigError` rather than being half-applied: invalid YAML or UTF-8, a top level
+that is not a mapping, a wrong type for one of the two keys, YAML aliases (a "billion laughs" file
+expands exponentially, and two strings need none), a file over :data:`MAX_CONFIG_BYTES`, and a
+``.codeworker.yml`` that is not a regular file (through a symlink the unsandboxed worker would
+read whatever it points at). PyYAML's safe loader builds no Python objects (``!!python/...`` tags
+are errors).
+
+:class:`~codeworker.checkout.Checkout` reads the file once, before any command runs: the settings
+are the base commit's, and an agent that edits the file cannot change the test command that the
+verification trusts.
 
 Setup detection is deliberately modest: a ``requirements.txt`` at the root is installed with pip
 into the setup cache; anything else needs ``setup_command`` in ``.codeworker.yml``.
@@ -9,19 +26,31 @@ into the setup cache; anything else needs ``setup_command`` in ``.codeworker.yml
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from codeworker.models import shown
+
+log = logging.getLogger("codeworker.repo_config")
 
 CONFIG_FILE = ".codeworker.yml"
 
+MAX_CONFIG_BYTES = 100_000
+"""Largest .codeworker.yml read; two commands fit in far less."""
+
 
 class RepoConfigError(ValueError):
-    """The repository's .codeworker.yml cannot be read."""
+    """The repository's .codeworker.yml cannot be used; the message says why."""
 
 
 class RepoConfig(BaseModel):
@@ -29,22 +58,91 @@ class RepoConfig(BaseModel):
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
-    test_command: str | None = None
+    test_command: str | None = Field(None, max_length=2000)
     """Command that runs the repository's tests."""
 
-    setup_command: str | None = None
+    setup_command: str | None = Field(None, max_length=2000)
     """Command that installs the repository's dependencies."""
+
+    @field_validator("test_command", "setup_command")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or not value.strip()):
+            raise ValueError("must be a non-empty command without NUL bytes")
+        return value
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases: each one may repeat a whole subtree, so a small
+    file can expand without bound (and pydantic's error message would ``repr`` all of it)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed", mark)
+        return super().compose_node(parent, index)
 
 
 def load_repo_config(checkout: Path) -> RepoConfig:
-    path = checkout / CONFIG_FILE
-    if not path.is_file() or path.is_symlink():
+    """The checkout's settings (defaults without a file); :class:`RepoConfigError` if unusable."""
+    data = _parse(_read(checkout / CONFIG_FILE))
+    if data is None:
         return RepoConfig()
+    if not isinstance(data, dict):
+        raise RepoConfigError(f"{CONFIG_FILE} must be a mapping of settings, not a {type(data).__name__}")
+    known = RepoConfig.model_fields
+    ignored = [str(key) for key in data if key not in known]
+    if ignored:
+        log.warning(
+            "%s: ignoring unknown keys %s; only %s are read",
+            CONFIG_FILE,
+            ", ".join(shown(key, 40) for key in ignored[:20]),
+            ", ".join(known),
+        )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace")[:100_000])
-        return RepoConfig.model_validate(data or {})
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise RepoConfigError(f"{CONFIG_FILE} is invalid: {exc}") from None
+        return RepoConfig.model_validate({key: value for key, value in data.items() if key in known})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise RepoConfigError(f"{CONFIG_FILE} is invalid: {problems}") from None
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, None when there is none. Opened without following a symlink and without
+    blocking on a FIFO, then refused unless it is a regular file of at most MAX_CONFIG_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RepoConfigError(f"{CONFIG_FILE} is a symbolic link; only a regular file is read") from None
+        raise RepoConfigError(f"{CONFIG_FILE} cannot be opened: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RepoConfigError(f"{CONFIG_FILE} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise RepoConfigError(f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    return raw
+
+
+def _parse(raw: bytes | None) -> object:
+    if raw is None:
+        return None
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - a safe loader
+    except UnicodeDecodeError:
+        raise RepoConfigError(f"{CONFIG_FILE} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise RepoConfigError(f"{CONFIG_FILE} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise RepoConfigError(f"{CONFIG_FILE} nests too deeply") from None
 
 
 def detect_test_command(checkout: Path) -> str | None:
@@ -55,9 +153,9 @@ def detect_test_command(checkout: Path) -> str | None:
     return None
 
 
-def test_command_for(checkout: Path, requested: str | None) -> str | None:
+def test_command_for(checkout: Path, requested: str | None, config: RepoConfig) -> str | None:
     """The job's command, else the repository's, else a detected one."""
-    return requested or load_repo_config(checkout).test_command or detect_test_command(checkout)
+    return requested or config.test_command or detect_test_command(checkout)
 
 
 DEPENDENCY_FILES = (
@@ -99,14 +197,14 @@ class SetupPlan:
         return digest.hexdigest()[:32]
 
 
-def setup_plan(checkout: Path) -> SetupPlan | None:
+def setup_plan(checkout: Path, config: RepoConfig) -> SetupPlan | None:
     """The repository's setup_command, else pip for a requirements.txt, else None (nothing to do)."""
     files = tuple(
         name
         for name in DEPENDENCY_FILES
         if (checkout / name).is_file() and not (checkout / name).is_symlink()
     )
-    command = load_repo_config(checkout).setup_command
+    command = config.setup_command
     if command:
         return SetupPlan(command, files)
     if "requirements.txt" in files:

@@ -14,9 +14,14 @@ Why each piece is there:
   mirrors), the setup cache root (other repositories' dependencies), the worker's HOME (git and
   cloud credentials), the trajectory directory, the scanner's virtualenv and the usual secret
   mounts (``/run/secrets``, ``/var/run/secrets``). What a command needs is bound back on top:
-  its checkout read-write, the mirror read-only with only this worktree's admin directory
-  read-write (so ``git status``/``diff``/``log`` work), the Python installation when it lives in
-  HOME, and the job's setup cache (read-only, read-write for setup itself).
+  its checkout read-write, the mirror read-only (objects, refs, config, hooks), the Python
+  installation when it lives in HOME, and the job's setup cache (read-only, read-write for setup
+  itself).
+- The worktree's admin directory (HEAD, index, commondir, gitdir) is shown as a private writable
+  copy (:class:`GitView`): ``git status``, ``diff``, ``checkout --`` and ``restore`` work, but a
+  command that moves HEAD, rewrites the index or commondir, or plants ``config.worktree`` or hooks
+  changes only its own view. The worker commits and pushes through the real admin dir, which no
+  command can write, and never through the checkout's ``.git`` file, which any command can.
 - Limits come from ``prlimit`` inside the sandbox (address space, CPU seconds, processes, no core
   files), because rlimits are inherited by everything the command forks and need no privilege.
   RLIMIT_NPROC is ignored by the kernel for uid 0, so the process limit only holds when the
@@ -119,6 +124,26 @@ class Mounts:
 
     writable: tuple[Path, ...] = ()
     readable: tuple[Path, ...] = ()
+    replaced: tuple[tuple[Path, Path], ...] = ()
+    """(source, target): a writable ``source`` shown at ``target``, in place of what is there."""
+
+
+@dataclass(frozen=True)
+class GitView:
+    """A worktree's admin directory in the mirror and the job's private, writable copy of it."""
+
+    admin: Path
+    copy: Path
+
+    @classmethod
+    def of(cls, admin: Path) -> GitView:
+        """Copy ``admin`` (a few small files: HEAD, index, commondir, gitdir) to a new directory."""
+        copy = Path(tempfile.mkdtemp(prefix="cw-git-"))
+        shutil.copytree(admin, copy, symlinks=True, dirs_exist_ok=True)
+        return cls(admin, copy)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.copy, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -167,22 +192,23 @@ class Sandbox:
         settings: Settings,
         checkout: Path,
         workspace_roots: Sequence[Path],
-        git_admin: Path | None = None,
+        git: GitView | None = None,
         scratch: Path | None = None,
     ) -> Sandbox:
-        """The sandbox of a worktree: the checkout and its git admin dir writable, the mirror
-        readable with every other worktree's admin dir hidden, ``scratch`` writable."""
+        """The sandbox of a worktree: the checkout writable, the mirror readable with every
+        worktree's admin dir hidden and this one's private copy in its place, ``scratch`` writable."""
         writable = [checkout]
         readable: list[Path] = []
+        replaced: list[tuple[Path, Path]] = []
         hidden = [*workspace_roots, settings.cache_root]
-        if git_admin is not None:
-            mirror = git_admin.parent.parent
+        if git is not None:
+            mirror = git.admin.parent.parent
             readable.append(mirror)
             hidden.append(mirror / "worktrees")  # other jobs' index files and HEADs
-            writable.append(git_admin)
+            replaced.append((git.copy, git.admin))
         if scratch is not None:
             writable.append(scratch)
-        mounts = Mounts(tuple(writable), tuple(readable))
+        mounts = Mounts(tuple(writable), tuple(readable), tuple(replaced))
         return cls(settings, checkout, mounts, tuple(hidden), fallback_home=scratch or Path(SANDBOX_TMP))
 
     def with_cache(self, cache: CacheMount | None) -> Sandbox:
@@ -247,6 +273,8 @@ class Sandbox:
             args += ["--tmpfs", str(path)]
         for path in self.mounts.writable:
             args += ["--bind", str(path), str(path)]
+        for source, target in self.mounts.replaced:
+            args += ["--bind", str(source), str(target)]
         if self.cache is not None:
             args += [
                 "--bind" if self.cache.writable else "--ro-bind",

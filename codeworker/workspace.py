@@ -10,6 +10,11 @@ Why this shape:
 - The token travels only as an ``Authorization`` header produced by :class:`GitAuth` for each
   network operation. It is never in a URL, a remote's config, ``.git/config``, a log line or an
   exception message; a URL that arrives with credentials in it is stored without them.
+- The agent's commands may write the checkout, its ``.git`` file included, and see a private copy of
+  the worktree's admin directory (see :mod:`codeworker.sandbox`). So the worker opens a worktree
+  through the admin directory it created (:attr:`Worktree.git_dir`), which the sandbox cannot write,
+  and never through the checkout's ``.git`` file; and it never commits a symbolic link that points
+  out of the repository (:class:`UnsafeSymlink`).
 - pygit2's ``Remote.push`` does not raise when the server refuses a ref, so :class:`GitAuth`
   collects ``push_update_reference`` reports and the push turns them into :class:`PushRejected`.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+import posixpath
 import re
 import shutil
 import threading
@@ -42,6 +48,8 @@ __all__ = [
     "MergeConflict",
     "Mirrors",
     "PushRejected",
+    "RepositoryTooLarge",
+    "UnsafeSymlink",
     "Worktree",
 ]
 
@@ -85,6 +93,33 @@ class PushRejected(GitError):
         super().__init__(f"push to {ref} was rejected: {message}")
         self.ref = ref
         self.message = message
+
+
+class RepositoryTooLarge(GitError):
+    """The repository is larger than the worker accepts (``max_repo_bytes``); it never will fit."""
+
+    def __init__(self, url: str, measure: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"repository {url} is too large: {measure} come to at least {size:,} bytes, "
+            f"over the limit of {limit:,} bytes (CODEWORKER_MAX_REPO_BYTES)"
+        )
+        self.url = url
+        self.measure = measure
+        self.size = size
+        self.limit = limit
+
+
+class UnsafeSymlink(GitError):
+    """The change adds symbolic links that point out of the repository; nothing is committed.
+
+    On the worker such a link is a way to host files; in a pull request it is a trap for whoever
+    checks the branch out. Links that stay inside the repository are committed as links.
+    """
+
+    def __init__(self, links: dict[str, str]) -> None:
+        shown = ", ".join(f"{path} -> {target}" for path, target in sorted(links.items()))
+        super().__init__(f"refusing to commit symbolic links that point outside the repository: {shown}")
+        self.links = links
 
 
 class MergeConflict(GitError):
@@ -149,6 +184,25 @@ class GitAuth(pygit2.RemoteCallbacks):
         self.remote_messages.append(string)
 
 
+class _SizeLimitedFetch(GitAuth):
+    """Aborts a fetch once the mirror's objects plus what the fetch received pass the limit.
+
+    An exception raised here makes libgit2 stop the transfer and delete its partial pack, and
+    pygit2 re-raises it from ``fetch``: the mirror keeps only what it had before.
+    """
+
+    def __init__(self, token: SecretStr, url: str, stored: int, limit: int) -> None:
+        super().__init__(token)
+        self._url = url
+        self._stored = stored
+        self._limit = limit
+
+    def transfer_progress(self, stats: pygit2.remotes.TransferProgress) -> None:
+        size = self._stored + stats.received_bytes
+        if size > self._limit:
+            raise RepositoryTooLarge(self._url, "its git objects", size, self._limit)
+
+
 # -- mirrors --------------------------------------------------------------------------------------
 
 
@@ -194,9 +248,12 @@ class Mirrors:
         token: SecretStr | str,
         connect_timeout_ms: int = 10_000,
         read_timeout_ms: int = 120_000,
+        max_repo_bytes: int = 0,
     ) -> None:
         self.root = Path(root)
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        self.max_repo_bytes = max_repo_bytes
+        """Largest repository accepted, in bytes of git objects and of checked-out files; 0: any."""
         _set_timeouts(connect_timeout_ms, read_timeout_ms)
 
     def __repr__(self) -> str:
@@ -238,6 +295,7 @@ class Mirrors:
             base_commit = _remote_tip(repo, base)
             if base_commit is None:
                 raise BaseBranchMissing(_clean_url(url), base)
+            self._check_checkout_size(repo, repo[base_commit].peel(pygit2.Tree), url)
             _drop_worktree(repo, operation_id, path)
             # With the old worktree gone nobody commits on the branch; its lock is a crash leftover.
             (mirror / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
@@ -295,13 +353,50 @@ class Mirrors:
         return repo
 
     def _fetch(self, repo: pygit2.Repository, url: str) -> None:
-        """Fetch every branch; prune so a deleted base branch is noticed. Caller holds the lock."""
+        """Fetch every branch; prune so a deleted base branch is noticed. Caller holds the lock.
+
+        With ``max_repo_bytes`` set, the mirror's objects are measured before (a mirror already
+        over the limit fails without a network round trip), during (the transfer is aborted) and
+        after the fetch (the pack index, and bases libgit2 appends to a thin pack, were not sent).
+        """
+        callbacks = self.auth()
+        if self.max_repo_bytes:
+            stored = self._check_objects_size(repo, url)
+            callbacks = _SizeLimitedFetch(self._token, _clean_url(url), stored, self.max_repo_bytes)
         try:
-            repo.remotes[_REMOTE].fetch(callbacks=self.auth(), prune=FetchPrune.PRUNE)
-        except AuthenticationFailed:
+            repo.remotes[_REMOTE].fetch(callbacks=callbacks, prune=FetchPrune.PRUNE)
+        except (AuthenticationFailed, RepositoryTooLarge):
             raise
         except pygit2.GitError as exc:
             raise GitError(f"fetch from {_clean_url(url)} failed: {exc}") from exc
+        if self.max_repo_bytes:
+            self._check_objects_size(repo, url)
+
+    def _check_objects_size(self, repo: pygit2.Repository, url: str) -> int:
+        """Bytes of the mirror's object store (packs and loose objects); raises over the limit."""
+        objects = Path(repo.path) / "objects"
+        size = sum(entry.stat().st_size for entry in objects.rglob("*") if entry.is_file())
+        if size > self.max_repo_bytes:
+            raise RepositoryTooLarge(_clean_url(url), "its git objects", size, self.max_repo_bytes)
+        return size
+
+    def _check_checkout_size(self, repo: pygit2.Repository, tree: pygit2.Tree, url: str) -> None:
+        """Raise before a checkout would write more than the limit: a small, well-compressed pack
+        can hold a checkout many times its size. Blob sizes come from object headers, unread."""
+        if not self.max_repo_bytes:
+            return
+        size = 0
+        pending = [tree]
+        while pending:
+            for entry in pending.pop():
+                if entry.type == pygit2.enums.ObjectType.TREE:
+                    pending.append(repo[entry.id])
+                elif entry.type == pygit2.enums.ObjectType.BLOB:
+                    size += repo.odb.read_header(entry.id)[1]
+                    if size > self.max_repo_bytes:
+                        raise RepositoryTooLarge(
+                            _clean_url(url), "its checked-out files", size, self.max_repo_bytes
+                        )
 
     def _push(self, repo: pygit2.Repository, url: str, refspec: str) -> None:
         """Push one refspec; a ref the server (or libgit2's fast-forward check) refused raises.
@@ -406,9 +501,19 @@ class Worktree:
     def __repr__(self) -> str:
         return f"Worktree(path={self.path!r}, branch={self.branch!r}, base={self.base!r})"
 
+    @property
+    def git_dir(self) -> Path:
+        """The worktree's admin directory in the mirror (HEAD, index, the link to the checkout)."""
+        return self._mirrors.mirror_path(self.url) / "worktrees" / self.operation_id
+
     def repository(self) -> pygit2.Repository:
-        """A fresh handle each time: pygit2 caches the index, and the agent edits files under us."""
-        return pygit2.Repository(str(self.path))
+        """A fresh handle each time: pygit2 caches the index, and the agent edits files under us.
+
+        Opened through :attr:`git_dir`, never through the checkout's ``.git`` file: the agent can
+        rewrite that file to name a repository of its own, whose config would send our commit and
+        push (and the token) wherever it likes.
+        """
+        return pygit2.Repository(str(self.git_dir))
 
     # -- reading changes --------------------------------------------------------------------------
 
@@ -448,6 +553,12 @@ class Worktree:
         repo = self.repository()
         return self._diff(repo).stats.format(pygit2.enums.DiffStatsFormat.FULL, 80)
 
+    def change_size(self) -> int:
+        """Bytes of the uncommitted change as ``git diff -U0`` prints it: every added and removed
+        line plus the file and hunk headers (binary files as text, as the secret scan sees them)."""
+        repo = self.repository()
+        return sum(len(patch.data) for patch in self._diff(repo))
+
     # -- writing ----------------------------------------------------------------------------------
 
     def commit(self, message: str, author_name: str, author_email: str) -> str | None:
@@ -458,6 +569,7 @@ class Worktree:
         head = repo.head.peel(pygit2.Commit)
         if tree == head.tree_id:
             return None
+        _check_symlinks(repo, head.tree.diff_to_tree(repo[tree]))
         index.write()
         signature = pygit2.Signature(author_name, author_email)
         return str(repo.create_commit("HEAD", signature, signature, message, tree, [head.id]))
@@ -522,6 +634,12 @@ class Worktree:
         """Delete the directory, the mirror's record of it, and the local branch. Idempotent."""
         self._mirrors._release(self.url, self.operation_id, self.path, self.branch)
 
+    def check_symlinks(self) -> None:
+        """Raise :class:`UnsafeSymlink` if a commit now would add a link pointing out of the repository
+        (:meth:`commit` checks again; this lets a caller refuse before doing anything else)."""
+        repo = self.repository()
+        _check_symlinks(repo, self._diff(repo))
+
     # -- private ----------------------------------------------------------------------------------
 
     def _diff(self, repo: pygit2.Repository) -> pygit2.Diff:
@@ -539,12 +657,35 @@ def _stage_all(repo: pygit2.Repository) -> pygit2.Index:
     """The repository's index with every change staged, in memory only (the caller may write it)."""
     index = repo.index
     index.read(force=True)
-    index.add_all()
+    try:
+        index.add_all()
+    except pygit2.GitError as exc:  # e.g. a tree nested deeper than libgit2 walks (100 levels)
+        raise GitError(f"cannot stage the working tree: {exc}") from exc
     workdir = Path(repo.workdir)
     gone = [entry.path for entry in index if not os.path.lexists(workdir / entry.path)]
     for path in gone:
         index.remove(path)
     return index
+
+
+def _check_symlinks(repo: pygit2.Repository, diff: pygit2.Diff) -> None:
+    """Raise :class:`UnsafeSymlink` for links the diff adds or changes that leave the repository.
+
+    Judged on the link's stored target, as any clone would resolve it: absolute, or climbing out
+    with ``..``, or into ``.git``. The worker never follows a link to decide (nor to scan: the
+    scan reads the link's own blob, its target path).
+    """
+    escaping: dict[str, str] = {}
+    for patch in diff:
+        new = patch.delta.new_file
+        if patch.delta.status == pygit2.enums.DeltaStatus.DELETED or new.mode != pygit2.enums.FileMode.LINK:
+            continue
+        target = repo[new.id].data.decode("utf-8", errors="replace")
+        first = posixpath.normpath(posixpath.join(posixpath.dirname(new.path), target)).split("/")[0]
+        if target.startswith("/") or first in ("..", ".git"):
+            escaping[new.path] = target
+    if escaping:
+        raise UnsafeSymlink(escaping)
 
 
 def _line_text(raw: bytes) -> str:

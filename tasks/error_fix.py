@@ -11,6 +11,6 @@ from tasks import run_operation
 
 
 @app.task(name="codeworker.error_fix", bind=True)
-def error_fix(self: Task, job: Any) -> dict[str, Any]:
+def error_fix(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Fix the error described in the job's error_context."""
-    return run_operation(self, job, "error_fix")
+    return run_operation(self, args, kwargs, "error_fix")

@@ -11,6 +11,6 @@ from tasks import run_operation
 
 
 @app.task(name="codeworker.feature_implementation", bind=True)
-def feature_implementation(self: Task, job: Any) -> dict[str, Any]:
+def feature_implementation(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Implement the feature described in the job's feature_context."""
-    return run_operation(self, job, "feature_implementation")
+    return run_operation(self, args, kwargs, "feature_implementation")

@@ -11,6 +11,6 @@ from tasks import run_operation
 
 
 @app.task(name="codeworker.refactor", bind=True)
-def refactor(self: Task, job: Any) -> dict[str, Any]:
+def refactor(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Refactor the target files without changing behaviour."""
-    return run_operation(self, job, "refactor")
+    return run_operation(self, args, kwargs, "refactor")

@@ -11,6 +11,6 @@ from tasks import run_operation
 
 
 @app.task(name="codeworker.test", bind=True)
-def test(self: Task, job: Any) -> dict[str, Any]:
+def test(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Write tests that raise coverage of the target files."""
-    return run_operation(self, job, "test")
+    return run_operation(self, args, kwargs, "test")

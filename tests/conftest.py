@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from codeworker.config import Settings
 from codeworker.keys import Keys
 from codeworker.pipeline import Pipeline
 from codeworker.registry import BranchRegistry
+from tests.support.anthropic_stub import AnthropicStub
 from tests.support.github_stub import GitHubStub
 from tests.support.gitserver import GitServer
 from tests.support.redis_server import RedisServer, free_port
@@ -127,3 +129,19 @@ def client(broker_url: str, worker: WorkerProcess) -> Iterator[Celery]:
 @pytest.fixture(scope="module")
 def registry(broker_url: str) -> BranchRegistry:
     return BranchRegistry(redis.Redis.from_url(broker_url, decode_responses=True), Keys())
+
+
+@pytest.fixture()
+def listener() -> Iterator[int]:
+    """A TCP server on loopback that the host can reach; returns its port (sandboxes must not)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[AnthropicStub]:
+    """The Messages API stand-in for a module's worker (its ANTHROPIC_BASE_URL); tests play scripts."""
+    server = AnthropicStub(ANTHROPIC_KEY).start()
+    yield server
+    server.stop()

@@ -113,6 +113,16 @@ def test_every_bad_field_is_named_at_once():
         (job(test_command="   "), "test_command", "non-empty"),
         (job(error_context={"affected_files": ["../x"]}), "error_context.affected_files", "'..'"),
         (job(error_context="boom"), "error_context", "valid dictionary"),
+        (job(approval_required="no"), "approval_required", "boolean"),
+        (job(max_iterations=True), "max_iterations", "integer"),
+        (job(max_iterations="3"), "max_iterations", "integer"),
+        (job(target_files=["src/\u202egnp.py"]), "target_files", "invisible"),
+        (job(target_files=["a\u200b.py"]), "target_files", "invisible"),
+        (job(repository={"url": "https://github.com/a/b\nHost: x"}), "repository.url", "whitespace"),
+        (job(repository={"url": "https://github.com/a/../../b/c"}), "repository.url", "without '..'"),
+        (job(repository={"url": "https://github.com/a/%2e%2e/b"}), "repository.url", "only letters"),
+        (job(repository={"url": "https://github.com:8443/a/b"}), "repository.url", "allowed prefix"),
+        (job(repository={"url": "https://github.com/" + "a" * 3000}), "repository.url", "at most 2048"),
     ],
 )
 def test_invalid_jobs_name_the_field(raw, field, words):
@@ -127,3 +137,32 @@ def test_unknown_operation_type_on_its_own_task_is_named():
 
 def test_target_files_are_normalised_and_deduplicated():
     assert parse(job(target_files=["./b.py", "a.py", "b.py"])).target_files == ["a.py", "b.py"]
+
+
+def test_the_allowlist_compares_hosts_and_whole_segments():
+    allowed = ["https://ghe.example.com/team"]
+    ok = parse_job(
+        job(repository={"url": "https://GHE.example.com/team/shop.git"}),
+        operation_type="error_fix",
+        allowed_repos=allowed,
+        max_iterations_cap=10,
+    )
+    assert ok.repository.name == "shop"
+    for url in ("https://ghe.example.com/teamx/shop", "https://ghe.example.com.evil.io/team/shop"):
+        with pytest.raises(InvalidJob, match="allowed prefix"):
+            parse_job(
+                job(repository={"url": url}),
+                operation_type="error_fix",
+                allowed_repos=allowed,
+                max_iterations_cap=10,
+            )
+
+
+def test_errors_do_not_echo_a_huge_value():
+    fields = errors(
+        job(
+            target_files=["\u202e" + "x" * 900],
+            repository={"url": "https://github.com/a/b", "branch": "b" * 5000},
+        )
+    )
+    assert all(len(message) < 300 for message in fields.values()), fields

@@ -10,80 +10,39 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 import yaml
-from pydantic import SecretStr
 
 from codeworker.checkout import Checkout
 from codeworker.commands import run_process
-from codeworker.config import Settings
-from codeworker.keys import Keys, repo_id
-from codeworker.locks import FileLocks
+from codeworker.keys import repo_id
 from codeworker.sandbox import SandboxUnavailable, SetupFailed, check_sandbox
-from codeworker.workspace import Mirrors, Worktree
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
+from tests.support.checkouts import FILES, Checkouts, sandbox_settings
 from tests.support.gitserver import GitServer
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 REDIS_CANARY = "redis://cwcanary-redis-url-93d1:6379/0"
-FILES = {"README.md": "hello\n", "app.py": "def f():\n    return 1\n"}
-
-
-@dataclass
-class Env:
-    settings: Settings
-    mirrors: Mirrors
-    git_server: GitServer
-    redis: redis.Redis
-    owner: str = "acme"
-
-    def repo(self, files: dict[str, str] | None = None) -> str:
-        name = f"sb{uuid.uuid4().hex[:8]}"
-        return self.git_server.create_repo(self.owner, name, files or FILES)
-
-    def worktree(self, url: str, operation_id: str | None = None) -> Worktree:
-        operation_id = operation_id or f"op-{uuid.uuid4().hex[:8]}"
-        return self.mirrors.checkout(url, "main", f"codeworker/{operation_id}", operation_id)
-
-    def checkout(self, worktree: Worktree, settings: Settings | None = None) -> Checkout:
-        locks = FileLocks(self.redis, Keys(), repo_id(worktree.url), worktree.operation_id, 30)
-        return Checkout(worktree, locks, settings or self.settings, None)
 
 
 @pytest.fixture()
-def env(tmp_path: Path, git_server: GitServer, redis_client: redis.Redis) -> Iterator[Env]:
-    settings = Settings(
-        workspace_root=tmp_path / "ws",
-        cache_root=tmp_path / "cache",
-        trajectory_dir=tmp_path / "trajectories",
-        github_token=SecretStr(GITHUB_TOKEN),
-        command_timeout=60,
-        sandbox_memory_mb=512,
+def env(tmp_path: Path, git_server: GitServer, redis_client: redis.Redis) -> Checkouts:
+    return Checkouts.create(
+        sandbox_settings(tmp_path, GITHUB_TOKEN, sandbox_memory_mb=512), git_server, redis_client
     )
-    mirrors = Mirrors(settings.workspace_root, settings.github_token, 5_000, 30_000)
-    yield Env(settings, mirrors, git_server, redis_client)
 
 
 @pytest.fixture()
-def checkout(env: Env) -> Iterator[Checkout]:
+def checkout(env: Checkouts) -> Iterator[Checkout]:
     worktree = env.worktree(env.repo())
     box = env.checkout(worktree)
     yield box
     box.close()
     worktree.remove()
-
-
-@pytest.fixture()
-def listener() -> Iterator[int]:
-    """A TCP server on loopback that the host can reach; returns its port."""
-    server = socket.create_server(("127.0.0.1", 0))
-    yield server.getsockname()[1]
-    server.close()
 
 
 def _python(code: str) -> list[str]:
@@ -120,7 +79,7 @@ def test_worker_credentials_are_invisible(checkout: Checkout, monkeypatch: pytes
         assert canary not in result.output
 
 
-def test_worker_home_and_trajectories_are_hidden(env: Env, checkout: Checkout) -> None:
+def test_worker_home_and_trajectories_are_hidden(env: Checkouts, checkout: Checkout) -> None:
     env.settings.trajectory_dir.mkdir()
     (env.settings.trajectory_dir / "op.jsonl").write_text("secret trajectory\n")
     home = Path.home()
@@ -135,7 +94,7 @@ def test_worker_home_and_trajectories_are_hidden(env: Env, checkout: Checkout) -
 # -- file system --------------------------------------------------------------------------------
 
 
-def test_writes_stay_inside_the_checkout(env: Env, checkout: Checkout) -> None:
+def test_writes_stay_inside_the_checkout(env: Checkouts, checkout: Checkout) -> None:
     other = env.worktree(env.repo())
     mirror = env.mirrors.mirror_path(checkout._worktree.url)
     marker = f"cw-{uuid.uuid4().hex[:8]}"
@@ -158,7 +117,7 @@ def test_writes_stay_inside_the_checkout(env: Env, checkout: Checkout) -> None:
         other.remove()
 
 
-def test_another_jobs_checkout_is_not_readable(env: Env, checkout: Checkout) -> None:
+def test_another_jobs_checkout_is_not_readable(env: Checkouts, checkout: Checkout) -> None:
     other = env.worktree(env.repo({"secret.txt": "other job's work\n"}))
     try:
         (other.path / "draft.py").write_text("uncommitted\n")
@@ -224,7 +183,7 @@ def test_memory_hog_fails_alone(checkout: Checkout) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="the kernel does not apply RLIMIT_NPROC to uid 0")
-def test_fork_bomb_stops_at_the_process_limit(env: Env, checkout: Checkout) -> None:
+def test_fork_bomb_stops_at_the_process_limit(env: Checkouts, checkout: Checkout) -> None:
     code = "import os\nn = 0\ntry:\n    while n < 2000:\n        if os.fork() == 0:\n            os.pause()\n"
     code += "        n += 1\nexcept OSError:\n    print('stopped at', n)\n"
     result = checkout.run(_python(code), timeout=20)
@@ -258,14 +217,14 @@ def http_server() -> Iterator[str]:
 FETCH = "import os, urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
 
 
-def _setup_repo(env: Env, url: str, requirements: str = "dep==1\n") -> str:
+def _setup_repo(env: Checkouts, url: str, requirements: str = "dep==1\n") -> str:
     fetch = FETCH.format(url=url)
     setup = f'python -c "{fetch}" > $CODEWORKER_CACHE/payload && echo run >> $CODEWORKER_CACHE/count'
     config = yaml.safe_dump({"setup_command": setup})
     return env.repo({**FILES, ".codeworker.yml": config, "requirements.txt": requirements})
 
 
-def test_setup_has_network_later_commands_do_not(env: Env, http_server: str) -> None:
+def test_setup_has_network_later_commands_do_not(env: Checkouts, http_server: str) -> None:
     worktree = env.worktree(_setup_repo(env, http_server))
     box = env.checkout(worktree)
     try:
@@ -283,7 +242,7 @@ def test_setup_has_network_later_commands_do_not(env: Env, http_server: str) -> 
         worktree.remove()
 
 
-def test_setup_is_reused_until_dependency_files_change(env: Env, http_server: str) -> None:
+def test_setup_is_reused_until_dependency_files_change(env: Checkouts, http_server: str) -> None:
     url = _setup_repo(env, http_server)
     first, second = env.worktree(url), env.worktree(url)
     box1, box2 = env.checkout(first), env.checkout(second)
@@ -309,7 +268,7 @@ def test_setup_is_reused_until_dependency_files_change(env: Env, http_server: st
             wt.remove()
 
 
-def test_failed_setup_raises_and_publishes_nothing(env: Env) -> None:
+def test_failed_setup_raises_and_publishes_nothing(env: Checkouts) -> None:
     config = "setup_command: 'echo partial > $CODEWORKER_CACHE/x; echo boom-output; exit 3'\n"
     worktree = env.worktree(env.repo({**FILES, ".codeworker.yml": config}))
     box = env.checkout(worktree)
@@ -330,7 +289,7 @@ def test_nothing_to_set_up(checkout: Checkout) -> None:
 # -- start-up check and the unsandboxed fallback ------------------------------------------------
 
 
-def test_check_sandbox_refuses_a_missing_bwrap(env: Env) -> None:
+def test_check_sandbox_refuses_a_missing_bwrap(env: Checkouts) -> None:
     check_sandbox(env.settings)  # the real one works
     bogus = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap"})
     with pytest.raises(SandboxUnavailable, match="CODEWORKER_ALLOW_UNSANDBOXED"):
@@ -339,12 +298,12 @@ def test_check_sandbox_refuses_a_missing_bwrap(env: Env) -> None:
 
 
 def test_unsandboxed_fallback_keeps_env_reduction_and_group_kill(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Checkouts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
     settings = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap", "allow_unsandboxed": True})
     worktree = env.worktree(env.repo())
-    box = env.checkout(worktree, settings)
+    box = env.checkout(worktree, settings=settings)
     try:
         assert GITHUB_TOKEN not in box.run("env").output
         result = box.run("sleep 2718.28 & echo $! > pid; wait", timeout=1.5)
@@ -356,10 +315,10 @@ def test_unsandboxed_fallback_keeps_env_reduction_and_group_kill(
         worktree.remove()
 
 
-def test_refused_at_run_time_too(env: Env) -> None:
+def test_refused_at_run_time_too(env: Checkouts) -> None:
     settings = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap"})
     worktree = env.worktree(env.repo())
-    box = env.checkout(worktree, settings)
+    box = env.checkout(worktree, settings=settings)
     try:
         with pytest.raises(SandboxUnavailable):
             box.run("true")

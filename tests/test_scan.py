@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from codeworker.scan import ScanError, SecretFinding, SecretScanner, blocking, scanner_env
+from codeworker.scan import (
+    MAX_LINE_CHARS,
+    SEGMENT_CHARS,
+    ScanError,
+    SecretFinding,
+    SecretScanner,
+    blocking,
+    key_file_glob,
+    scanner_env,
+)
 
 AWS_KEY_ID = "AKIA" + "Q3EGUZ7X" + "WB4RJ2KD"
 AWS_SECRET = "wJalrXUt" + "nFEMIK7MDENGbPxRfiCY" + "zq8Hw3Lk1Tv9"
@@ -97,10 +106,10 @@ def test_pkcs8_private_key_block_is_high(scanner: SecretScanner) -> None:
     block += [body[i : i + 64] for i in range(0, len(body), 64)]
     block += ["-----END " + "PRIVATE KEY-----"]
 
-    findings = scanner.scan({"certs/server.key": numbered("\n".join(block))})
+    findings = scanner.scan({"certs/server.txt": numbered("\n".join(block))})
 
-    finding = only(findings, "private-key")
-    assert (finding.path, finding.line, finding.severity) == ("certs/server.key", 1, "HIGH")
+    finding = only(findings, "pem.private-key")
+    assert (finding.path, finding.line, finding.severity) == ("certs/server.txt", 1, "HIGH")
     assert_not_leaked(findings, *block[1:-1])
 
 
@@ -147,10 +156,78 @@ def test_added_lines_in_the_middle_keep_their_line_numbers(scanner: SecretScanne
     }
 
 
-def test_nosecret_annotation_does_not_silence_a_finding(scanner: SecretScanner) -> None:
-    findings = scanner.scan({"a.py": [(1, f"KEY = '{AWS_KEY_ID}'  # nosecret")]})
+@pytest.mark.parametrize("annotation", ["# nosecret", "// nosecret: aws.access-key-id", "# NOSECRET"])
+def test_nosecret_annotation_does_not_silence_a_finding(scanner: SecretScanner, annotation: str) -> None:
+    findings = scanner.scan({"a.py": [(1, f"KEY = '{AWS_KEY_ID}'  {annotation}")]})
 
     assert only(findings, "aws.access-key-id").severity == "HIGH"
+
+
+def test_a_placeholder_does_not_hide_a_real_token_on_the_same_line(scanner: SecretScanner) -> None:
+    docs_key = "AKIA" + "IOSFODNN7" + "EXAMPLE"
+    line = f"keys = ['{docs_key}', '<your-key>', '{AWS_KEY_ID}']  # replace_me"
+
+    findings = scanner.scan({"a.py": [(4, line)]})
+
+    assert [(f.line, f.rule, f.redacted) for f in blocking(findings)] == [(4, "aws.access-key-id", "AKIA…")]
+
+
+@pytest.mark.parametrize(
+    ("path", "glob"),
+    [
+        ("home/.ssh/id_rsa", "id_rsa"),
+        ("deploy/id_ed25519", "id_ed25519"),
+        ("certs/server.pem", "*.pem"),
+        ("certs/Server.KEY", "*.key"),
+        ("signing/release.p12", "*.p12"),
+        ("signing/release.pfx", "*.pfx"),
+        (".env", ".env"),
+        ("services/api/.env.production", ".env.*"),
+    ],
+)
+def test_key_files_are_high_by_path(scanner: SecretScanner, path: str, glob: str) -> None:
+    findings = scanner.scan({path: [(2, "harmless = 1"), (9, "x")]})
+
+    finding = only(findings, "keyfile.path")
+    assert (finding.path, finding.line, finding.severity, finding.redacted) == (path, 2, "HIGH", glob)
+
+
+@pytest.mark.parametrize(
+    "path", [".env.example", "config/.env.sample", "id_rsa.pub", "docs/keys.md", "id_rsa_tools.py", "env.py"]
+)
+def test_templates_and_public_keys_are_not_key_files(path: str) -> None:
+    assert key_file_glob(path) is None
+
+
+def test_five_megabyte_keyword_dense_line_is_scanned_within_the_timeout() -> None:
+    # Unwindowed, trufflehog3 needs minutes for half a megabyte of this (it re-splits the file for
+    # every match); in windows the whole line is scanned, and the token at its very end is found.
+    chunk = 'aws_secret_key = "k3y" password: hunter2 token=ab12 api_key:"v4lue" AKIA sk-ant- ghp_ '
+    chunk += "mongodb://u:p@ "
+    size = 5_000_000
+    line = (chunk * (size // len(chunk) + 1))[: size - len(GITHUB_TOKEN) - 1] + " " + GITHUB_TOKEN
+
+    findings = SecretScanner(timeout=60).scan({"dense.txt": [(1, "x = 1"), (2, line), (3, "y = 2")]})
+
+    assert [(f.line, f.rule) for f in blocking(findings)] == [(2, "github.token")]
+
+
+def test_token_across_a_window_boundary_keeps_its_line_number(scanner: SecretScanner) -> None:
+    filler = "a-b " * (MAX_LINE_CHARS // 4)
+    line = filler[: MAX_LINE_CHARS - 10] + GITHUB_TOKEN + " " + filler * 3
+
+    findings = scanner.scan({"min.js": [(41, "var a;"), (42, line), (43, f"k = '{AWS_KEY_ID}'")]})
+
+    assert {(f.line, f.rule) for f in blocking(findings)} == {(42, "github.token"), (43, "aws.access-key-id")}
+
+
+def test_large_file_split_into_segments_keeps_line_numbers(scanner: SecretScanner) -> None:
+    body = [(n, f"value_{n} = compute({n}, {n + 1})") for n in range(1, 2 * SEGMENT_CHARS // 20)]
+    body[-1] = (body[-1][0], f"TOKEN = '{GITHUB_TOKEN}'")
+
+    findings = scanner.scan({"big.py": body})
+
+    assert [(f.line, f.rule) for f in blocking(findings)] == [(body[-1][0], "github.token")]
 
 
 def test_files_trufflehog3_would_skip_are_scanned(scanner: SecretScanner) -> None:
@@ -178,6 +255,23 @@ def test_files_trufflehog3_would_skip_are_scanned(scanner: SecretScanner) -> Non
 def test_undecodable_text_is_still_scanned(scanner: SecretScanner) -> None:
     # A diff decoded with surrogateescape carries lone surrogates; trufflehog3 would skip the file.
     findings = scanner.scan({"latin1.txt": [(1, "caf\udce9"), (2, f"key={AWS_KEY_ID}")]})
+
+    assert only(findings, "aws.access-key-id").line == 2
+
+
+def test_latin1_bytes_around_a_token_do_not_hide_it(scanner: SecretScanner) -> None:
+    # The workspace decodes a diff with errors="replace": latin-1 bytes become U+FFFD next to the token.
+    raw = b"caf\xe9 = '" + GITHUB_TOKEN.encode() + b"'\xa0\xff"
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+
+    findings = scanner.scan({"legacy.py": [(3, lines[0])]})
+
+    assert (only(findings, "github.token").line, only(findings, "github.token").severity) == (3, "HIGH")
+
+
+def test_file_with_nul_bytes_is_scanned(scanner: SecretScanner) -> None:
+    # A file git calls binary (NUL bytes) is still diffed as text and scanned.
+    findings = scanner.scan({"blob.bin": [(1, "\x00\x01\x02PK\x00"), (2, f"\x00{AWS_KEY_ID}\x00\x00")]})
 
     assert only(findings, "aws.access-key-id").line == 2
 

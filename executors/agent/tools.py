@@ -135,10 +135,26 @@ class Tools:
             raise ToolError(f"{path} does not exist")
         if real.is_dir():
             raise ToolError(f"{path} is a directory")
+        if not real.is_file():  # a FIFO made in bash would block the worker in open() for good
+            raise ToolError(f"{path} is not a regular file (a FIFO, socket or device); use bash for it")
         size = real.stat().st_size
         if size > self.max_view_bytes:
-            raise ToolError(f"{path} is {size} bytes, more than the {self.max_view_bytes} a view may read")
+            raise ToolError(
+                f"{path} is {size} bytes, more than the {self.max_view_bytes} bytes the editor may read "
+                "(CODEWORKER_MAX_VIEW_BYTES); look at parts of it with bash (grep -n, sed -n, head)"
+            )
         return real, real.read_text(encoding="utf-8")
+
+    def _write(self, path: str, content: str) -> None:
+        """Write through the workspace (which locks the file), refusing a file the editor could not
+        read back: the same limit keeps view, edit and create symmetrical."""
+        size = len(content.encode("utf-8"))
+        if size > self.max_view_bytes:
+            raise ToolError(
+                f"{path} would be {size} bytes, more than the {self.max_view_bytes} bytes the editor "
+                "may write (CODEWORKER_MAX_VIEW_BYTES); nothing changed"
+            )
+        self.workspace.write_file(self._relative(path), content)
 
     def _view(self, path: str, tool_input: dict[str, Any]) -> str:
         real = self.workspace.resolve(path)
@@ -184,7 +200,7 @@ class Tools:
         if real.is_dir():
             raise ToolError(f"{path} is a directory")
         existed = real.exists()
-        self.workspace.write_file(self._relative(path), text)
+        self._write(path, text)
         return f"{'Overwrote' if existed else 'Created'} {self._relative(path)} ({len(text)} characters)"
 
     def _replace(self, path: str, tool_input: dict[str, Any]) -> str:
@@ -209,7 +225,7 @@ class Tools:
             )
         start_line = content[: content.index(old)].count("\n") + 1
         updated = content.replace(old, new, 1)
-        self.workspace.write_file(self._relative(path), updated)
+        self._write(path, updated)
         return f"Edited {self._relative(path)}. The changed region now reads:\n" + _snippet(
             updated, start_line, new.count("\n") + 1
         )
@@ -229,7 +245,7 @@ class Tools:
         new_lines = text.removesuffix("\n").split("\n")
         lines[after:after] = new_lines
         updated = "\n".join(lines) + ("\n" if trailing or not content else "")
-        self.workspace.write_file(self._relative(path), updated)
+        self._write(path, updated)
         return f"Inserted {len(new_lines)} line(s) into {self._relative(path)}:\n" + _snippet(
             updated, after + 1, len(new_lines)
         )
