@@ -214,6 +214,11 @@ def _before_the_pool_forks(sender: Any = None, **_: Any) -> None:
     except SandboxUnavailable as exc:
         # SystemExit passes through Celery's signal dispatch, which logs and swallows exceptions.
         raise SystemExit(f"codeworker worker refuses to start: {exc}") from None
+    if not settings.github_token.get_secret_value():
+        # Without it every job would fail at clone time; better one clear line at start.
+        raise SystemExit(
+            "codeworker worker refuses to start: GITHUB_TOKEN is not set (needed to clone and push)"
+        )
     os.environ[WORKER_PID_ENV] = str(os.getpid())
     metrics.use_directory(settings.metrics_dir / str(os.getpid()))
     lifecycle.adopt_orphans()

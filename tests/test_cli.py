@@ -96,3 +96,9 @@ def test_run_executes_one_operation_in_process(worker_env, git_server, tmp_path:
     assert git_server.read_file("acme", name, "main", "app.py") == "y = 2\n"
     assert "push" in done.stderr
     assert codeworker(env, "status", "no-such-op", check=False).returncode == 1
+
+
+def test_a_worker_without_a_github_token_refuses_to_start_saying_why(worker_env):
+    done = codeworker({**worker_env, "GITHUB_TOKEN": ""}, "worker", "-c", "1", check=False)
+    assert done.returncode != 0
+    assert "refuses to start: GITHUB_TOKEN is not set" in done.stdout + done.stderr
