@@ -81,7 +81,8 @@ def create_app(settings: Settings, state: WorkerState) -> Flask:
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        body, content_type = metrics.render()
+        started = [job["started_at"] for job in state.active_jobs() if job.get("started_at")]
+        body, content_type = metrics.render(metrics.WorkerGauges(state.concurrency, started))
         return Response(body, content_type=content_type)
 
     @app.post("/webhooks/github")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,8 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from codeworker.active import alive
 
@@ -178,9 +181,35 @@ def registry() -> CollectorRegistry:
     return collector_registry
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of every process of this worker, and its content type."""
-    return generate_latest(registry()), CONTENT_TYPE_LATEST
+class WorkerGauges(Collector):
+    """Gauges only the main process can tell, computed at scrape time: its pool size, and how long
+    its oldest running job has run (a stuck child shows here while its sibling keeps finishing jobs,
+    which a job counter would hide)."""
+
+    def __init__(self, concurrency: int, started_at: Iterable[float]) -> None:
+        self.concurrency = concurrency
+        self.started_at = list(started_at)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        oldest = time.time() - min(self.started_at) if self.started_at else 0.0
+        yield GaugeMetricFamily(
+            "codeworker_worker_concurrency",
+            "Jobs this worker runs at once (its pool size).",
+            self.concurrency,
+        )
+        yield GaugeMetricFamily(
+            "codeworker_job_oldest_running_seconds",
+            "Seconds the longest-running job of this worker has been running; 0 when it is idle.",
+            max(oldest, 0.0),
+        )
+
+
+def render(*extra: Collector) -> tuple[bytes, str]:
+    """The exposition text of every process of this worker (and of ``extra``), and its content type."""
+    scraped = CollectorRegistry()
+    for collector in extra:
+        scraped.register(collector)
+    return generate_latest(registry()) + generate_latest(scraped), CONTENT_TYPE_LATEST
 
 
 def totals() -> dict[str, object]:

@@ -118,6 +118,9 @@ def test_status_and_metrics_of_jobs_on_two_pool_processes(
         assert status["concurrency"] == 2 and status["totals"]["started"] == 2
         during = samples(http_port)
         assert total(during, "codeworker_jobs_active", operation_type="refactor") == 2
+        assert total(during, "codeworker_worker_concurrency") == 2
+        oldest = max(job["elapsed"] for job in running)
+        assert total(during, "codeworker_job_oldest_running_seconds") >= oldest > 0
         # A full pool takes no message, probes included, and still counts as healthy.
         assert get(http_port, "/health")[0] == 200
 
@@ -133,8 +136,9 @@ def test_status_and_metrics_of_jobs_on_two_pool_processes(
     assert total(after, "codeworker_jobs_finished_total", operation_type="error_fix", status="invalid") == 1
     assert total(after, "codeworker_job_duration_seconds_count") == 3
     assert total(after, "codeworker_jobs_active") == 0
-    assert total(after, "codeworker_jobs_redelivered_total") == 0
     assert wait_until(lambda: active_in(http_port, "execute", 0) == [], what="no active jobs") is True
+    assert total(samples(http_port), "codeworker_job_oldest_running_seconds") == 0
+    assert total(after, "codeworker_jobs_redelivered_total") == 0
     totals = get(http_port, "/status")[1]["totals"]
     assert totals == {"started": 3, "finished": {"invalid": 1, "pr_open": 2}}
 

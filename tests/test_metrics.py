@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,20 @@ def _samples() -> dict:
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
+
+
+def test_worker_gauges_report_the_pool_size_and_the_oldest_running_job():
+    def gauges(started_at: list[float]) -> dict[str, float]:
+        body, _ = metrics.render(metrics.WorkerGauges(3, started_at))
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name.startswith(("codeworker_worker_", "codeworker_job_oldest"))
+        }
+
+    now = time.time()
+    busy = gauges([now - 5, now - 100])
+    assert busy["codeworker_worker_concurrency"] == 3
+    assert 100 <= busy["codeworker_job_oldest_running_seconds"] < 200
+    assert gauges([])["codeworker_job_oldest_running_seconds"] == 0
