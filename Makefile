@@ -38,12 +38,12 @@ $(SCANNER_VENV)/bin/trufflehog3:
 	$(PYTHON) -m venv $(SCANNER_VENV)
 	$(SCANNER_VENV)/bin/pip install --quiet trufflehog3==$(TRUFFLEHOG_VERSION)
 
-# redis-server, git and bubblewrap (the sandbox) are system packages: installed with apt-get
-# when we are root, otherwise one line says what is missing.
+# redis-server, git, bubblewrap (the sandbox), slirp4netns and ip (setup's isolated network) are
+# system packages: installed with apt-get when we are root, otherwise one line says what is missing.
 system-tools:
-	@for tool in redis-server git bwrap; do \
+	@for tool in redis-server git bwrap slirp4netns ip; do \
 	  command -v $$tool >/dev/null && continue; \
-	  pkg=$$tool; [ $$tool = bwrap ] && pkg=bubblewrap; \
+	  pkg=$$tool; [ $$tool = bwrap ] && pkg=bubblewrap; [ $$tool = ip ] && pkg=iproute2; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $$pkg"; apt-get install -y -qq $$pkg >/dev/null || { apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null; }; \
 	  else echo "missing: $$tool (install it: sudo apt-get install $$pkg)"; exit 1; fi; \

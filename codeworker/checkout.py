@@ -165,7 +165,8 @@ class Checkout:
             self._clear_scratch()
 
     def setup(self) -> CommandResult | None:
-        """Run the repository's setup once, with network, before the model sees anything.
+        """Run the repository's setup once, with network (``setup_network``), before the model
+        sees anything.
 
         None when there is nothing to set up or an earlier job's result for the same dependency
         files is reused. Raises :class:`SetupFailed` (with the output's tail) when setup fails.
@@ -185,7 +186,7 @@ class Checkout:
                 return None
             try:
                 result = self._sandbox.with_cache(build.mount).run(
-                    plan.command, self._settings.setup_timeout, network=True
+                    plan.command, self._settings.setup_timeout, network=self._settings.setup_network
                 )
             finally:
                 self._clear_scratch()

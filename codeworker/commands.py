@@ -7,12 +7,14 @@ timeout that kills the whole process group, so a test suite that forks cannot ou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +77,21 @@ def with_default_signals(argv: Sequence[str]) -> list[str]:
 
 
 def run_process(
-    argv: Sequence[str], shown: str, cwd: Path, env: dict[str, str], timeout: float
+    argv: Sequence[str],
+    shown: str,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    pass_fds: Sequence[int] = (),
+    started: Callable[[subprocess.Popen[str], float], None] | None = None,
 ) -> CommandResult:
     """Run ``argv`` in its own process group; on timeout the whole group is killed, so a command
-    that forks cannot outlive its job."""
+    that forks cannot outlive its job.
+
+    ``started`` is called with the process and the timeout before its output is read (setup's
+    network is attached there); the time it takes counts against the timeout, and if it raises,
+    the process group is killed and the exception passes on."""
+    begun = time.monotonic()
     process = subprocess.Popen(
         with_default_signals(argv),
         cwd=cwd,
@@ -89,11 +102,25 @@ def run_process(
         text=True,
         errors="replace",
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
+    if started is not None:
+        try:
+            started(process, timeout)
+        except BaseException:
+            _kill_group(process)
+            process.communicate()
+            raise
     try:
-        output, _ = process.communicate(timeout=timeout)
+        output, _ = process.communicate(timeout=max(timeout - (time.monotonic() - begun), 0))
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        _kill_group(process)
         output, _ = process.communicate()
         return CommandResult(shown, None, clip(output), timed_out=True)
     return CommandResult(shown, process.returncode, clip(output))
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    # The leader may be gone (and reaped) while the rest of its group lives on.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

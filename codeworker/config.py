@@ -39,6 +39,11 @@ DEFAULT_PRICES = {
 """Anthropic's list prices; an unknown model is refused rather than priced at zero."""
 
 
+SetupNetwork = Literal["isolated", "host", "none"]
+"""isolated: a network of its own that reaches out through slirp4netns but not the host's loopback
+or 169.254.0.0/16; host: the worker's own network (any service the host reaches); none: loopback."""
+
+
 def _env(name: str) -> AliasChoices:
     """An environment name that is not prefixed, as the brief fixes it."""
     return AliasChoices(name)
@@ -155,6 +160,12 @@ class Settings(BaseSettings):
 
     bwrap: str = "bwrap"
     """The bubblewrap executable that confines every repository command."""
+
+    setup_network: SetupNetwork = "isolated"
+    """Setup's network: isolated (outbound only, via slirp4netns), host (unsafe) or none."""
+
+    slirp4netns: str = "slirp4netns"
+    """The slirp4netns executable that gives setup its isolated network."""
 
     sandbox_memory_mb: int = 4096
     """Address-space limit of a sandboxed command, in MiB."""

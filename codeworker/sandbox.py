@@ -5,9 +5,12 @@ Why each piece is there:
 - ``--ro-bind / /`` and ``--cap-drop ALL``: the host is readable (compilers, the worker's Python,
   the system's certificates) but nothing outside the checkout can be written, not even by root,
   and no capability is left to remount anything.
-- ``--unshare-net`` (except for setup), ``--unshare-pid``, ``--unshare-ipc``, ``--unshare-uts``:
-  no network, no view of the worker's processes (whose ``/proc/<pid>/environ`` holds the token),
-  and a private pid 1 whose death takes every process of the command with it.
+- ``--unshare-net``, ``--unshare-pid``, ``--unshare-ipc``, ``--unshare-uts``: no network, no view
+  of the worker's processes (whose ``/proc/<pid>/environ`` holds the token), and a private pid 1
+  whose death takes every process of the command with it.
+- Setup alone gets a network (``CODEWORKER_SETUP_NETWORK``): by default an outbound-only one of its
+  own, slirp4netns attached to that empty namespace (:mod:`codeworker.slirp`), which does not
+  reach the host's loopback (Redis, the worker's HTTP port) or 169.254.0.0/16 (cloud metadata).
 - ``--clearenv`` plus an allowlist: the worker's credentials (GITHUB_TOKEN, ANTHROPIC_API_KEY,
   REDIS_URL, ...) never reach a command, whatever the worker's environment holds.
 - Hidden behind empty read-only tmpfs mounts: WORKSPACE_ROOT (other jobs' checkouts and the
@@ -48,7 +51,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from codeworker.commands import CommandResult, command_env, run_process
-from codeworker.config import Settings
+from codeworker.config import Settings, SetupNetwork
+from codeworker.slirp import TAP, NetworkUnavailable, UserNetwork
 
 log = logging.getLogger("codeworker.sandbox")
 
@@ -77,18 +81,21 @@ def _scanner_venv() -> Path:
     return Path(__file__).resolve().parent.parent / ".venv-scanner"
 
 
+PROBE_SANDBOX = (
+    *("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP),
+    *("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL"),
+    *("--die-with-parent", "--new-session", "--clearenv"),
+)
+"""The start-up probes' sandbox: every namespace and restriction a command gets."""
+
+
 @lru_cache(maxsize=8)
 def _probe(bwrap: str) -> str | None:
     """None when ``bwrap`` can build the sandbox we use; otherwise why not (cached per process)."""
     executable = shutil.which(bwrap)
     if executable is None:
         return f"bubblewrap ({bwrap!r}) is not installed or not on PATH"
-    argv = [
-        executable,
-        *("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP),
-        *("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL"),
-        *("--die-with-parent", "--new-session", "--clearenv", "/bin/sh", "-c", "exit 0"),
-    ]
+    argv = [executable, *PROBE_SANDBOX, "/bin/sh", "-c", "exit 0"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -98,24 +105,79 @@ def _probe(bwrap: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=8)
+def _probe_network(bwrap: str, slirp4netns: str) -> str | None:
+    """None when ``slirp4netns`` can give a sandbox of ``bwrap`` (which works) the isolated setup
+    network; otherwise why not (cached per process)."""
+    executable = shutil.which(slirp4netns)
+    if executable is None:
+        return f"slirp4netns ({slirp4netns!r}) is not installed or not on PATH"
+    # The tap device is up and routed (shell builtins only: the probe's environment has no PATH).
+    command = f'while read -r device _; do [ "$device" = {TAP} ] && exit 0; done < /proc/net/route; exit 1'
+    try:
+        with UserNetwork(executable) as network:
+            argv = [
+                shutil.which(bwrap) or bwrap,
+                *PROBE_SANDBOX,
+                *network.bwrap_args(),
+                *network.gated(["/bin/sh", "-c", command]),
+            ]
+            done = run_process(
+                argv,
+                command,
+                Path("/"),
+                {"PATH": "/usr/bin:/bin"},
+                PROBE_TIMEOUT,
+                network.pass_fds,
+                network.attach,
+            )
+    except NetworkUnavailable as exc:
+        return f"slirp4netns ({executable}) cannot give setup its network: {exc}"
+    if not done.ok:
+        return f"slirp4netns ({executable}) gave setup no network: {done.output.strip()[-300:]}"
+    return None
+
+
 def check_sandbox(settings: Settings) -> None:
     """Refuse to start a worker whose commands could not be confined (call at worker start).
 
     With ``allow_unsandboxed`` the worker starts anyway and says so once, loudly.
     """
     problem = _probe(settings.bwrap)
+    if problem is not None:
+        if not settings.allow_unsandboxed:
+            raise SandboxUnavailable(
+                f"{problem}; install bubblewrap or set CODEWORKER_ALLOW_UNSANDBOXED=true (unsafe)"
+            )
+        _warn_unsandboxed(problem)
+        return
+    problem = _network_problem(settings)
     if problem is None:
         return
     if not settings.allow_unsandboxed:
         raise SandboxUnavailable(
-            f"{problem}; install bubblewrap or set CODEWORKER_ALLOW_UNSANDBOXED=true (unsafe)"
+            f"{problem}; install slirp4netns, set CODEWORKER_SETUP_NETWORK=none (setup without network)"
+            " or CODEWORKER_ALLOW_UNSANDBOXED=true (setup with the host's network: unsafe)"
         )
-    _warn_unsandboxed(problem)
+    _warn_host_network(problem)
+
+
+def _network_problem(settings: Settings) -> str | None:
+    """Why setup cannot have the isolated network it is configured for; None when it can (or
+    need not)."""
+    if settings.setup_network != "isolated":
+        return None
+    return _probe_network(settings.bwrap, settings.slirp4netns)
 
 
 @lru_cache(maxsize=1)
 def _warn_unsandboxed(problem: str) -> None:
     log.warning("repository commands run WITHOUT a sandbox (CODEWORKER_ALLOW_UNSANDBOXED): %s", problem)
+
+
+@lru_cache(maxsize=1)
+def _warn_host_network(problem: str) -> None:
+    log.warning("setup commands run with the HOST's network (CODEWORKER_ALLOW_UNSANDBOXED): %s", problem)
 
 
 @dataclass(frozen=True)
@@ -229,19 +291,31 @@ class Sandbox:
         command: str | Sequence[str],
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
-        network: bool = False,
+        network: SetupNetwork = "none",
     ) -> CommandResult:
-        """Run ``command`` (a shell string or an argv) in the checkout; never raises for its failure."""
+        """Run ``command`` (a shell string or an argv) in the checkout; never raises for its failure.
+
+        ``network`` is for setup alone. Raises :class:`~codeworker.slirp.NetworkUnavailable` when
+        the isolated network cannot be attached (the command has not run then)."""
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
         shown = command if isinstance(command, str) else subprocess.list2cmdline(argv)
         environment = self.environment(env)
         argv = self._limited(argv)
-        if self.confined:
-            outer_env = {"PATH": "/usr/bin:/bin"}
+        timeout = timeout or self.settings.command_timeout
+        if not self.confined:
+            return run_process(argv, shown, self.checkout, environment, timeout)
+        outer_env = {"PATH": "/usr/bin:/bin"}
+        if network == "isolated" and _network_problem(self.settings) is not None:
+            check_sandbox(self.settings)  # raises unless allowed
+            network = "host"
+        if network != "isolated":
             argv = self.bwrap_argv(argv, environment, network)
-        else:
-            outer_env = environment
-        return run_process(argv, shown, self.checkout, outer_env, timeout or self.settings.command_timeout)
+            return run_process(argv, shown, self.checkout, outer_env, timeout)
+        with UserNetwork(self.settings.slirp4netns) as user_network:
+            argv = self.bwrap_argv(user_network.gated(argv), environment, network, user_network.bwrap_args())
+            return run_process(
+                argv, shown, self.checkout, outer_env, timeout, user_network.pass_fds, user_network.attach
+            )
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The allowlisted environment with HOME and TMPDIR in the private /tmp, plus ``extra``."""
@@ -256,8 +330,17 @@ class Sandbox:
             env[name] = f"{value}{os.pathsep}{env[name]}" if joined else value
         return env
 
-    def bwrap_argv(self, argv: list[str], env: Mapping[str, str], network: bool) -> list[str]:
-        """The full bubblewrap command line (public so tests and operators can read it)."""
+    def bwrap_argv(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        network: SetupNetwork = "none",
+        network_args: Sequence[str] = (),
+    ) -> list[str]:
+        """The full bubblewrap command line (public so tests and operators can read it).
+
+        Only ``host`` keeps the host's network; ``isolated`` needs ``network_args`` from a
+        :class:`~codeworker.slirp.UserNetwork` to have any network at all."""
         args = [shutil.which(self.settings.bwrap) or self.settings.bwrap]
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
         hidden = self._hidden_paths()
@@ -283,8 +366,8 @@ class Sandbox:
             ]
         for path in hidden:
             args += ["--remount-ro", str(path)]
-        if not network:
-            args.append("--unshare-net")
+        if network != "host":
+            args += ["--unshare-net", *network_args]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         args += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv"]
         for name, value in sorted(env.items()):

@@ -115,7 +115,9 @@ def test_status_and_metrics_of_jobs_on_two_pool_processes(
             assert job["branch"].startswith("codeworker/refactor/")
             assert job["iteration"] == 0 and job["elapsed"] >= 0 and job["started_at"] > 0
         status = get(http_port, "/status")[1]
-        assert status["concurrency"] == 2 and status["totals"]["started"] == 2
+        # The worker's log says where any third start came from (seen once in a full run).
+        assert status["concurrency"] == 2, status
+        assert status["totals"]["started"] == 2, (status, "\n".join(worker.lines[-60:]))
         during = samples(http_port)
         assert total(during, "codeworker_jobs_active", operation_type="refactor") == 2
         assert total(during, "codeworker_worker_concurrency") == 2

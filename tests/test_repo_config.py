@@ -239,7 +239,7 @@ def test_the_repositorys_test_command_still_runs_sandboxed(open_checkout, listen
     checkout = open_checkout({"app.py": APP_PY, ".codeworker.yml": yaml.safe_dump(config)})
 
     command = checkout.test_command()
-    argv = checkout.sandbox.bwrap_argv(["true"], checkout.sandbox.environment(), network=False)
+    argv = checkout.sandbox.bwrap_argv(["true"], checkout.sandbox.environment(), network="none")
     result = checkout.run(command)
 
     assert command == config["test_command"]
