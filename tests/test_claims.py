@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 
 import pytest
 import redis
@@ -12,6 +11,7 @@ import redis
 from codeworker.claims import Claim, ClaimLost, ClaimState, OperationClaims
 from codeworker.keys import Keys
 from codeworker.locks import FileLocks, LockWatchdog
+from tests.support.waiting import wait_until
 
 RESULT = {"success": True, "operation_id": "op-1", "branch": "codeworker/fix-1", "status": "pr_open"}
 
@@ -24,16 +24,6 @@ def keys() -> Keys:
 @pytest.fixture()
 def claims(redis_client, keys) -> OperationClaims:
     return OperationClaims(redis_client, keys, ttl=30, result_ttl=3600)
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    """Poll an observable condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        threading.Event().wait(0.005)
-    return bool(condition())
 
 
 def claimed(claim: Claim) -> str:
@@ -72,7 +62,7 @@ def test_busy_while_the_heartbeat_is_alive(claims, redis_client, keys):
 def test_takeover_after_heartbeat_expiry(claims, redis_client, keys):
     first = claimed(claims.claim("op-1"))
     redis_client.pexpire(keys.heartbeat("op-1"), 1)
-    assert wait_for(lambda: not redis_client.exists(keys.heartbeat("op-1")))
+    assert wait_until(lambda: not redis_client.exists(keys.heartbeat("op-1")))
 
     second = claimed(claims.claim("op-1"))
 
@@ -158,7 +148,7 @@ def test_finished_record_expires_after_result_ttl(redis_client, keys):
     claims = OperationClaims(redis_client, keys, ttl=30, result_ttl=0.05)
     owner = claimed(claims.claim("op-1"))
     claims.finish("op-1", owner, RESULT)
-    assert wait_for(lambda: claims.get("op-1") is None)
+    assert wait_until(lambda: claims.get("op-1") is None)
     assert claims.claim("op-1").state is ClaimState.CLAIMED
 
 
@@ -222,6 +212,6 @@ def test_watchdog_reports_a_claim_taken_over(redis_client, keys):
         return claims.claim("op-1").state is ClaimState.CLAIMED
 
     with LockWatchdog(locks, interval=0.02, also=[heartbeat], on_lost=lost.set) as watchdog:
-        assert wait_for(take_over)
+        assert wait_until(take_over)
         assert lost.wait(5)
     assert watchdog.lost_leases == [heartbeat]

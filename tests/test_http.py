@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, parked, run_job, scripted_job
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until
 from tests.support.worker import WorkerProcess
 
 
@@ -31,19 +30,6 @@ def get(port: int, path: str) -> tuple[int, Any]:
         return status, json.loads(body)
     except ValueError:
         return status, body
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    """Poll an observable condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not hold within {timeout}s (last: {value!r})")
-        pause.wait(0.1)
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,6 +10,7 @@ import redis
 
 from codeworker.keys import Keys
 from codeworker.locks import FileLocks, LockHeld, LockLost, LockWatchdog, list_locks
+from tests.support.waiting import wait_until
 
 REPO = "github.com/acme/app"
 
@@ -21,16 +22,6 @@ def keys() -> Keys:
 
 def make(client: redis.Redis, keys: Keys, operation_id: str, ttl: float = 30.0) -> FileLocks:
     return FileLocks(client, keys, REPO, operation_id, ttl)
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    """Poll an observable condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        threading.Event().wait(0.01)
-    return condition()
 
 
 def test_acquire_sets_every_lock_with_ttl_and_records_them(redis_client, keys):
@@ -112,7 +103,7 @@ def test_wait_then_succeed_when_holder_releases(redis_client, keys):
     thread = threading.Thread(target=take)
     thread.start()
     # Release only once the waiter has been refused and has retried at least once.
-    assert wait_for(lambda: script_calls(redis_client) >= before + 2)
+    assert wait_until(lambda: script_calls(redis_client) >= before + 2)
     assert thread.is_alive()
     assert "token" not in result
     holder.release()
@@ -325,12 +316,12 @@ def test_watchdog_survives_a_redis_outage(redis_server, keys):
             try:
                 seen = len(beats)
                 # Renewing fails while the server is down, and the watchdog keeps beating.
-                assert wait_for(lambda: len(beats) >= seen + 3, timeout=30)
+                assert wait_until(lambda: len(beats) >= seen + 3, timeout=30)
                 assert not watchdog.is_lost
             finally:
                 redis_server.start()
             # The restarted server has no persistence: the lock is gone and the watchdog says so.
-            assert wait_for(lambda: watchdog.lost == ["a.py"], timeout=30)
+            assert wait_until(lambda: watchdog.lost == ["a.py"], timeout=30)
     finally:
         client.close()
 

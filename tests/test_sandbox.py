@@ -13,9 +13,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import redis
@@ -29,13 +28,12 @@ from codeworker.sandbox import SandboxUnavailable, SetupFailed, check_sandbox
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.checkouts import FILES, Checkouts, sandbox_settings
 from tests.support.gitserver import GitServer
+from tests.support.waiting import wait_until
 from tests.support.worker import BIN
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 REDIS_CANARY = "redis://cwcanary-redis-url-93d1:6379/0"
-
-T = TypeVar("T")
 
 
 @pytest.fixture()
@@ -368,13 +366,6 @@ def _slirps() -> list[int]:
     return _children(os.getpid(), "slirp4netns")
 
 
-def _wait_for(condition: Callable[[], T], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
-
-
 def test_isolated_setup_has_a_network_but_not_the_hosts_loopback(env: Checkouts, listener: int) -> None:
     seen = _probing_setup(env, listener, "isolated")
 
@@ -455,13 +446,13 @@ def _setup_in_a_worker(where: Path, slirp4netns: str = "slirp4netns") -> subproc
 def test_slirp4netns_and_the_command_end_when_the_worker_is_killed(tmp_path: Path) -> None:
     worker = _setup_in_a_worker(tmp_path)
     try:
-        assert _wait_for(lambda: (tmp_path / "started").exists())  # the command runs
+        assert wait_until(lambda: (tmp_path / "started").exists())  # the command runs
         slirp = _children(worker.pid, "slirp4netns")
         assert slirp
         worker.kill()
         worker.wait()
-        assert _wait_for(lambda: not any(_alive(pid, "slirp4netns") for pid in slirp))
-        assert _wait_for(lambda: _processes_with("314.15") == [])
+        assert wait_until(lambda: not any(_alive(pid, "slirp4netns") for pid in slirp))
+        assert wait_until(lambda: _processes_with("314.15") == [])
     finally:
         worker.kill()
         worker.wait()
@@ -477,12 +468,12 @@ def test_a_worker_killed_while_the_network_comes_up_never_runs_the_command(tmp_p
     slow.chmod(0o755)
     worker = _setup_in_a_worker(tmp_path, str(slow))
     try:
-        assert _wait_for(lambda: Path(f"{slow}.starting").exists())
+        assert wait_until(lambda: Path(f"{slow}.starting").exists())
         worker.kill()
         worker.wait()
         time.sleep(3)  # past the slow start: the command would have begun by now
         assert not (tmp_path / "started").exists()
-        assert _wait_for(lambda: _processes_with("314.15") == [])
+        assert wait_until(lambda: _processes_with("314.15") == [])
     finally:
         worker.kill()
         worker.wait()
