@@ -55,6 +55,10 @@ RESOLV_CONF = "nameserver 10.0.2.3\n"
 BLOCKED = "169.254.0.0/16"
 """Link-local, where cloud metadata endpoints live: unreachable from the sandbox."""
 
+HELPER_ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+"""The whole environment of slirp4netns and nsenter: slirp4netns parses whatever the sandbox sends,
+so it must not hold the worker's credentials, not even in its environ."""
+
 START_TIMEOUT = 30.0
 """Most seconds the network may take to come up (it takes milliseconds)."""
 
@@ -161,6 +165,7 @@ class UserNetwork:
                     stdout=log,
                     stderr=log,
                     pass_fds=pass_fds,
+                    env=HELPER_ENV,
                 )
             except OSError as exc:
                 os.close(ready)
@@ -252,6 +257,7 @@ def _block_link_local(netns: str, owner: int | None, deadline: float) -> None:
             text=True,
             timeout=max(deadline - time.monotonic(), 0.1),
             pass_fds=() if owner is None else (owner,),
+            env=HELPER_ENV,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:

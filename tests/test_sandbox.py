@@ -21,7 +21,7 @@ import redis
 import yaml
 
 from codeworker.checkout import Checkout
-from codeworker.commands import run_process
+from codeworker.commands import CommandResult, run_process
 from codeworker.config import Settings, SetupNetwork
 from codeworker.keys import repo_id
 from codeworker.sandbox import SandboxUnavailable, SetupFailed, check_sandbox
@@ -552,3 +552,24 @@ def test_commands_do_not_inherit_ignored_signals(tmp_path):
     ignored = int(result.output.split()[1], 16)
     assert result.ok
     assert not ignored & (1 << (signal.SIGTERM - 1))
+
+
+def test_slirp4netns_runs_without_the_workers_credentials(
+    checkout: Checkout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It parses whatever the sandbox sends: a compromise of it must not find the token in its environ."""
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    done: list[CommandResult] = []
+    runner = threading.Thread(
+        target=lambda: done.append(checkout.sandbox.run("sleep 3", 30, network="isolated"))
+    )
+    runner.start()
+    try:
+        (pid,) = wait_until(_slirps, what="slirp4netns running")
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        runner.join()
+    assert done and done[0].ok
+    assert b"PATH=" in environ
+    assert GITHUB_TOKEN.encode() not in environ and ANTHROPIC_KEY.encode() not in environ
