@@ -114,6 +114,13 @@ def relative_path(value: str) -> str:
     return str(path)
 
 
+def command(value: str | None) -> str | None:
+    """A shell command given by a job or a repository: non-empty, without NUL bytes."""
+    if value is not None and ("\x00" in value or not value.strip()):
+        raise ValueError("must be a non-empty command without NUL bytes")
+    return value
+
+
 def under_prefix(url: str, prefix: str) -> bool:
     """Whether ``url`` lies under the allowlisted ``prefix``, compared as parsed URLs (scheme, host,
     port, whole path segments), so ``https://github.com.evil.io`` is not under ``https://github.com``."""
@@ -226,12 +233,7 @@ class Job(_Model):
             raise ValueError(f"must be between 1 and {cap}")
         return value
 
-    @field_validator("test_command")
-    @classmethod
-    def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and ("\x00" in value or not value.strip()):
-            raise ValueError("must be a non-empty command without NUL bytes")
-        return value
+    _command = field_validator("test_command")(command)
 
 
 class InvalidJob(ValueError):

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from codeworker.models import shown
+from codeworker.models import command, shown
 
 log = logging.getLogger("codeworker.repo_config")
 
@@ -64,12 +64,7 @@ class RepoConfig(BaseModel):
     setup_command: str | None = Field(None, max_length=2000)
     """Command that installs the repository's dependencies."""
 
-    @field_validator("test_command", "setup_command")
-    @classmethod
-    def _command(cls, value: str | None) -> str | None:
-        if value is not None and ("\x00" in value or not value.strip()):
-            raise ValueError("must be a non-empty command without NUL bytes")
-        return value
+    _command = field_validator("test_command", "setup_command")(command)
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -13,7 +13,6 @@ GitHub stand-ins received, the output of the agent's commands, and the worker's 
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import uuid
@@ -25,6 +24,7 @@ import redis
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import anthropic_stub as s
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT
+from tests.support.worker import get
 from tests.test_agent import BUG, CART, FIX, sample_files, tool_results
 
 SECRETS = (GITHUB_TOKEN, ANTHROPIC_KEY)
@@ -56,15 +56,6 @@ def worker_env(worker_env: dict, model: s.AnthropicStub, sinks: dict[str, Path])
         "CODEWORKER_CACHE_ROOT": str(sinks["cache"]),
         "CODEWORKER_METRICS_DIR": str(sinks["metrics"]),
     }
-
-
-def fetch(port: int, path: str) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().read().decode()
-    finally:
-        connection.close()
 
 
 def git_text(*args: str, cwd: Path) -> str:
@@ -132,8 +123,8 @@ def test_no_credential_reaches_any_sink(
         "github requests": json.dumps([(r.path, r.body) for r in github_stub.requests]),
         "git requests": " ".join(r.path for r in git_server.requests),
         "agent commands": "\n".join(probe_outputs),
-        "/status": fetch(int(worker_env["PORT"]), "/status"),
-        "/metrics": fetch(int(worker_env["PORT"]), "/metrics"),
+        "/status": json.dumps(get(int(worker_env["PORT"]), "/status")[1]),
+        "/metrics": get(int(worker_env["PORT"]), "/metrics")[1],
     }
     assert FIX in objects and len(sink_text["trajectory"]) > 1000
     for sink, text in sink_text.items():

@@ -190,10 +190,14 @@ def server_name(worktree: Worktree) -> str:
 # == the text editor ==============================================================================
 
 
-@pytest.mark.parametrize("path", ["../secret.txt", "a/../../secret.txt", "..", "./../../outside/secret.txt"])
+@pytest.mark.parametrize(
+    "path", ["../secret.txt", "a/../../secret.txt", "..", "./../../../outside/secret.txt"]
+)
 @pytest.mark.parametrize("command", ["view", "create", "str_replace", "insert"])
 def test_editor_refuses_parent_directory_paths(open_job, env, path, command) -> None:
     job = open_job()
+    if "outside" in path:  # this one really names the secret (checkouts are <tmp>/ws/worktrees/<op>)
+        assert (job.root / path).resolve() == (env.outside / "secret.txt").resolve()
     result = job.edit(
         command=command,
         path=path,

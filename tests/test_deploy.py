@@ -31,8 +31,7 @@ from codeworker.http import WorkerState, create_app
 from tests.support import anthropic_stub as model_stub
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
 from tests.support.redis_server import free_port
-from tests.support.worker import BIN, WorkerProcess
-from tests.test_http import get
+from tests.support.worker import BIN, WorkerProcess, get
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

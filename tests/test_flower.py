@@ -7,10 +7,9 @@ import json
 import os
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,22 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
 from tests.support.redis_server import free_port
+from tests.support.waiting import wait_until
 from tests.support.worker import BIN, WorkerProcess
 
 DEADLINE = 60
 POLL = 0.2
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(POLL)
 
 
 class Flower:
@@ -99,7 +87,12 @@ def flower(broker_url: str, worker: WorkerProcess) -> Iterator[Flower]:
     process = Flower(broker_url)
     process.worker = hostname
     try:
-        eventually(lambda: process.alive() and process.get("/healthcheck")[0] == 200, "flower to listen")
+        wait_until(
+            lambda: process.alive() and process.get("/healthcheck")[0] == 200,
+            timeout=DEADLINE,
+            what="flower to listen",
+            interval=POLL,
+        )
 
         def sees_worker() -> bool:
             status, body = process.get("/metrics")
@@ -114,7 +107,9 @@ def flower(broker_url: str, worker: WorkerProcess) -> Iterator[Flower]:
 
         # The worker's heartbeat events reach Flower: its event receiver is consuming, so it will
         # also see the task events of the jobs sent from here on.
-        eventually(sees_worker, f"flower to see worker {hostname} online")
+        wait_until(
+            sees_worker, timeout=DEADLINE, what=f"flower to see worker {hostname} online", interval=POLL
+        )
         yield process
     finally:
         process.stop()
@@ -142,7 +137,7 @@ def test_flower_lists_the_jobs_with_their_names_and_states(flower, client, git_s
             return tasks
         return None
 
-    tasks = eventually(listed, "flower to list both jobs as SUCCESS")
+    tasks = wait_until(listed, timeout=DEADLINE, what="flower to list both jobs as SUCCESS", interval=POLL)
 
     for task_id, task_name in expected.items():
         task = tasks[task_id]
@@ -167,7 +162,12 @@ def test_flower_api_refuses_without_auth_or_the_unauthenticated_switch(broker_ur
     """Without auth or FLOWER_UNAUTHENTICATED_API, Flower's API answers 401: an operator must choose."""
     process = Flower(broker_url, unauthenticated_api=False)
     try:
-        eventually(lambda: process.alive() and process.get("/healthcheck")[0] == 200, "flower to listen")
+        wait_until(
+            lambda: process.alive() and process.get("/healthcheck")[0] == 200,
+            timeout=DEADLINE,
+            what="flower to listen",
+            interval=POLL,
+        )
         assert process.get("/api/tasks")[0] == 401
     finally:
         process.stop()

@@ -8,7 +8,6 @@ the worker process is the one that started, and that it still runs the next vali
 from __future__ import annotations
 
 import json
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import redis
 
 from codeworker.keys import Keys
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
+from tests.support.worker import get
 
 MB = 1_000_000
 
@@ -136,12 +136,8 @@ def hostile_jobs(base_url: str, name: str = "shop") -> list[Hostile]:
         Hostile("two arguments", "exactly one positional argument", args=[job(), job()]),
         Hostile("job as a keyword", "keyword argument(s) job", args=[], kwargs={"job": job()}),
     ]
-    assert len({case.name for case in cases}) == len(cases)
+    assert len({case.name for case in cases}) == len(cases) >= 50, "the issue asks for 50 distinct cases"
     return cases
-
-
-def test_at_least_fifty_hostile_jobs_are_covered(git_server):
-    assert len(hostile_jobs(git_server.base_url)) >= 50
 
 
 def test_hostile_jobs_get_a_clear_error_no_retry_and_the_worker_serves_the_next_job(
@@ -167,8 +163,8 @@ def test_hostile_jobs_get_a_clear_error_no_retry_and_the_worker_serves_the_next_
     assert set(store.keys(f"{Keys().prefix}:*")) == before
     assert git_server.branches("acme", target) == ["main"]
     assert worker.process.poll() is None and worker.process.pid == pid
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker_env['PORT']}/health", timeout=10) as response:
-        assert json.load(response)["status"] == "ok"
+    status, health = get(int(worker_env["PORT"]), "/health")
+    assert status == 200 and health["status"] == "ok"
 
     name, url = new_repo(git_server)
     result = run_job(client, scripted_job(url, name, {"write": {"app.py": "# next valid job\n"}}))

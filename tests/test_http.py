@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from celery import Celery
@@ -16,20 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, parked, run_job, scripted_job
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.waiting import wait_until
-from tests.support.worker import WorkerProcess
-
-
-def get(port: int, path: str) -> tuple[int, Any]:
-    """Status and body (JSON when it is JSON) of GET ``path``; a 503 is an answer, not an error."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            status, body = response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        status, body = error.code, error.read().decode()
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body
+from tests.support.worker import WorkerProcess, get
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

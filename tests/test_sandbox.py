@@ -471,7 +471,9 @@ def test_a_worker_killed_while_the_network_comes_up_never_runs_the_command(tmp_p
         assert wait_until(lambda: Path(f"{slow}.starting").exists())
         worker.kill()
         worker.wait()
-        time.sleep(3)  # past the slow start: the command would have begun by now
+        # bubblewrap (it binds tmp_path) and the slow wrapper (it lives there) end: had the gate let
+        # the command through, bubblewrap would stay, waiting on its sleep.
+        wait_until(lambda: _processes_with(str(tmp_path)) == [], what="bubblewrap and the wrapper gone")
         assert not (tmp_path / "started").exists()
         assert wait_until(lambda: _processes_with("314.15") == [])
     finally:

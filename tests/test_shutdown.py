@@ -157,6 +157,6 @@ def test_sigterm_requeues_a_long_job_cleans_up_and_a_second_worker_completes_it(
         for raw in broker.lrange(QUEUE, 0, -1):
             if json.loads(raw)["headers"]["id"] in (pending.id, later and later.id):
                 broker.lrem(QUEUE, 0, raw)
-        first.stop(signal.SIGKILL if first.process else signal.SIGTERM, timeout=10)
+        first.stop(signal.SIGKILL, timeout=10)
         if second is not None:
             assert second.stop() == 0, second.output[-4000:]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
@@ -99,3 +103,16 @@ class WorkerProcess:
             code = self.process.wait()
         self.process = None
         return code
+
+
+def get(port: int, path: str) -> tuple[int, Any]:
+    """Status and body (JSON when it is JSON) of GET ``path``; a 503 is an answer, not an error."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read().decode()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
