@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from codeworker.config import Settings
 from codeworker.http import WorkerState, create_app
 from tests.support import anthropic_stub as model_stub
-from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
+from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, run_job, scripted_job
 from tests.support.redis_server import free_port
 from tests.support.worker import BIN, WorkerProcess, get
 
@@ -274,32 +273,6 @@ def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
 @pytest.fixture(scope="module")
 def http_port() -> int:
     return free_port()
-
-
-GATE_TIMEOUT = 90
-
-
-def open_gate(gate: Path, worker: WorkerProcess | None = None) -> int:
-    """Open the FIFO for writing: returns once a scripted job has opened it (it is parked there).
-    On failure, the tail of ``worker``'s log says why."""
-    opened: list[int] = []
-    thread = threading.Thread(target=lambda: opened.append(os.open(gate, os.O_WRONLY)), daemon=True)
-    thread.start()
-    thread.join(GATE_TIMEOUT)
-    if not opened:
-        reader = os.open(gate, os.O_RDONLY | os.O_NONBLOCK)  # unblocks the opener
-        thread.join(5)
-        os.close(reader)
-        for fd in opened:
-            os.close(fd)
-        log = "\n".join(worker.lines[-30:]) if worker else ""
-        pytest.fail(f"no job parked at {gate} within {GATE_TIMEOUT} s\n{log}")
-    return opened[0]
-
-
-def release(fd: int) -> None:
-    os.write(fd, b"go")
-    os.close(fd)
 
 
 @pytest.fixture(scope="module")

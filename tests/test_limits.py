@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from codeworker.registry import BranchStatus
 from codeworker.workspace import Mirrors, RepositoryTooLarge
 from executors.agent.tools import EDITOR, Tools
 from tests.plugins.cw_scripted import ScriptedExecutor
-from tests.support.gitserver import GitServer
-from tests.support.jobs import scripted_job
+from tests.support.jobs import new_repo, scripted_job
 
 APP_PY = "def answer():\n    return 42\n"
 
@@ -36,14 +34,8 @@ def limited(pipe: Pipeline, **limits: int) -> Pipeline:
     )
 
 
-def small_repo(git_server: GitServer, files: dict[str, str] | None = None) -> tuple[str, str]:
-    """A repository without a test suite (the scripted executor then runs no command)."""
-    name = f"lim-{uuid.uuid4().hex[:8]}"
-    return name, git_server.create_repo("acme", name, files or {"app.py": APP_PY})
-
-
-def job_for(name: str, url: str, script: dict, **extra: object) -> dict:
-    return scripted_job(url, name, script, **extra)
+NO_TESTS = {"app.py": APP_PY}
+"""A repository without a test suite: the scripted executor then runs no command."""
 
 
 def objects_size(mirror: Path) -> int:
@@ -63,9 +55,9 @@ def assert_nothing_left(pipe: Pipeline, job: dict) -> None:
 
 def test_a_repository_over_the_limit_fails_and_leaves_the_mirror_usable(pipe, git_server):
     # Random hex barely compresses: the pack is several times the limit.
-    big_name, big_url = small_repo(git_server, {"app.py": APP_PY, "blob.txt": os.urandom(300_000).hex()})
+    big_name, big_url = new_repo(git_server, {"app.py": APP_PY, "blob.txt": os.urandom(300_000).hex()})
     strict = limited(pipe, max_repo_bytes=100_000)
-    job = job_for(big_name, big_url, {"write": {"app.py": "changed\n"}})
+    job = scripted_job(big_url, big_name, {"write": {"app.py": "changed\n"}})
 
     result = strict.run(job, "refactor")
 
@@ -82,22 +74,24 @@ def test_a_repository_over_the_limit_fails_and_leaves_the_mirror_usable(pipe, gi
     assert strict.run(job, "refactor") == result  # a redelivery returns the record, no new fetch
 
     # The next job on a normal repository is unaffected.
-    name, url = small_repo(git_server)
-    ok = strict.run(job_for(name, url, {"write": {"app.py": "def answer():\n    return 43\n"}}), "refactor")
+    name, url = new_repo(git_server, NO_TESTS)
+    ok = strict.run(
+        scripted_job(url, name, {"write": {"app.py": "def answer():\n    return 43\n"}}), "refactor"
+    )
     assert ok["status"] == "pr_open", ok["error"]
 
     # With the limit raised, the aborted mirror fetches the big repository from scratch.
     roomy = limited(pipe, max_repo_bytes=10_000_000)
-    again = roomy.run(job_for(big_name, big_url, {"write": {"app.py": "changed\n"}}), "refactor")
+    again = roomy.run(scripted_job(big_url, big_name, {"write": {"app.py": "changed\n"}}), "refactor")
     assert again["status"] == "pr_open", again["error"]
     assert again["branch"] in git_server.branches("acme", big_name)
 
 
 def test_a_small_pack_that_checks_out_too_large_is_refused_before_it_is_written(pipe, git_server):
     # A megabyte of one character packs into about a kilobyte: only the checkout measure sees it.
-    name, url = small_repo(git_server, {"app.py": APP_PY, "zeros.txt": "0" * 1_000_000})
+    name, url = new_repo(git_server, {"app.py": APP_PY, "zeros.txt": "0" * 1_000_000})
     strict = limited(pipe, max_repo_bytes=200_000)
-    job = job_for(name, url, {"write": {"app.py": "changed\n"}})
+    job = scripted_job(url, name, {"write": {"app.py": "changed\n"}})
 
     result = strict.run(job, "refactor")
 
@@ -109,7 +103,7 @@ def test_a_small_pack_that_checks_out_too_large_is_refused_before_it_is_written(
 
 
 def test_a_mirror_already_over_a_lowered_limit_fails_without_fetching(pipe, git_server, tmp_path):
-    _, url = small_repo(git_server, {"app.py": APP_PY, "one.txt": os.urandom(30_000).hex()})
+    _, url = new_repo(git_server, {"app.py": APP_PY, "one.txt": os.urandom(30_000).hex()})
     mirrors = Mirrors(tmp_path / "ws", pipe.settings.github_token, max_repo_bytes=500_000)
     mirrors.fetch(url)
     stored = objects_size(mirrors.mirror_path(url))
@@ -128,9 +122,9 @@ def test_a_mirror_already_over_a_lowered_limit_fails_without_fetching(pipe, git_
 
 
 def test_a_diff_over_the_limit_is_blocked_and_nothing_is_pushed(pipe, git_server):
-    name, url = small_repo(git_server)
+    name, url = new_repo(git_server, NO_TESTS)
     strict = limited(pipe, max_diff_bytes=1_000)
-    job = job_for(name, url, {"write": {"app.py": "x = 1\n" * 500}}, target_files=["app.py"])
+    job = scripted_job(url, name, {"write": {"app.py": "x = 1\n" * 500}}, target_files=["app.py"])
 
     result = strict.run(job, "refactor")
 
@@ -144,11 +138,11 @@ def test_a_diff_over_the_limit_is_blocked_and_nothing_is_pushed(pipe, git_server
 
 
 def test_too_many_changed_files_are_blocked(pipe, git_server):
-    name, url = small_repo(git_server)
+    name, url = new_repo(git_server, NO_TESTS)
     strict = limited(pipe, max_changed_files=2)
     files = {f"new/{n}.txt": f"{n}\n" for n in range(3)}
 
-    result = strict.run(job_for(name, url, {"write": files}), "refactor")
+    result = strict.run(scripted_job(url, name, {"write": files}), "refactor")
 
     assert result["status"] == "blocked"
     assert "3 files changed, over the limit of 2 (CODEWORKER_MAX_CHANGED_FILES)" in result["error"]
@@ -157,11 +151,11 @@ def test_too_many_changed_files_are_blocked(pipe, git_server):
 
 
 def test_a_change_within_the_limits_is_pushed(pipe, git_server):
-    name, url = small_repo(git_server)
+    name, url = new_repo(git_server, NO_TESTS)
     strict = limited(pipe, max_diff_bytes=1_000, max_changed_files=1)
 
     result = strict.run(
-        job_for(name, url, {"write": {"app.py": "def answer():\n    return 43\n"}}), "refactor"
+        scripted_job(url, name, {"write": {"app.py": "def answer():\n    return 43\n"}}), "refactor"
     )
 
     assert result["status"] == "pr_open", result["error"]
@@ -174,7 +168,7 @@ def test_a_change_within_the_limits_is_pushed(pipe, git_server):
 @pytest.fixture()
 def tools(pipe, git_server) -> Iterator[Tools]:
     """The editor over a real checkout of a real repository, with real locks, limited to 1000 bytes."""
-    name, url = small_repo(git_server, {"small.py": "a = 1\nb = 2\n", "big.txt": "y" * 1500 + "\n"})
+    name, url = new_repo(git_server, {"small.py": "a = 1\nb = 2\n", "big.txt": "y" * 1500 + "\n"})
     worktree = pipe.mirrors.checkout(url, "main", f"codeworker/refactor/{name}", f"op-{name}")
     locks = FileLocks(pipe.redis, pipe.keys, repo_id(url), f"op-{name}", ttl=30)
     checkout = Checkout(worktree, locks, pipe.settings, None)

@@ -7,42 +7,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
 
 from codeworker.keys import Keys, repo_id
 from codeworker.registry import BranchStatus
-from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
+from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, scripted_job
 from tests.support.redis_server import free_port
 from tests.support.worker import WorkerProcess
 
 GRACE = 2
 EXIT_WITHIN = GRACE + 30
 """Seconds a worker may take from SIGTERM to exit: the grace period plus a generous margin."""
-
-GATE_TIMEOUT = 90
-
-
-def open_gate(gate: Path, timeout: float = GATE_TIMEOUT) -> int:
-    """Open the FIFO for writing: returns once the scripted executor has opened it for reading,
-    i.e. the job is parked after checkout and locking. Fails instead of hanging forever."""
-    opened: list[int] = []
-    thread = threading.Thread(target=lambda: opened.append(os.open(gate, os.O_WRONLY)), daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not opened:
-        # Release the blocked opener by being its reader, then fail.
-        reader = os.open(gate, os.O_RDONLY | os.O_NONBLOCK)
-        thread.join(5)
-        os.close(reader)
-        for fd in opened:
-            os.close(fd)
-        pytest.fail(f"the job never parked at its gate within {timeout} s")
-    return opened[0]
 
 
 def queued_task_ids(client: redis.Redis) -> list[str]:
