@@ -20,8 +20,8 @@ from pathlib import Path
 import pygit2
 from pydantic import SecretStr
 
-from codeworker.workspace import GitAuth, Mirrors
-from tests.support.gitserver import GitServer
+from codeworker.git.workspace import GitAuth, Mirrors
+from codeworker.loopback.gitserver import GitServer
 
 TOKEN = "bench-token-0123456789"
 

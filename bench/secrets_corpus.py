@@ -4,7 +4,7 @@
 
 Every line of every ``*.py`` file under this interpreter's standard library
 (``sysconfig.get_paths()["stdlib"]``, without ``site-packages``) goes through the real
-:class:`~codeworker.scan.SecretScanner` in one run, as if one job had added it all. The standard
+:class:`~codeworker.secrets.scanner.SecretScanner` in one run, as if one job had added it all. The standard
 library holds no real credentials, so every HIGH finding is a false block: the goal is zero. MEDIUM
 findings are counted only (they include test fixtures, hashes and long identifiers).
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeworker.scan import SecretFinding, SecretScanner, blocking
+from codeworker.secrets.scanner import SecretFinding, SecretScanner, blocking
 
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 """Directories under the stdlib path that hold third-party or generated files, not the stdlib."""

@@ -5,7 +5,7 @@
 The set (``/work/shared/secrets-dev/examples.jsonl.gz``, from noseyparker's rule examples) holds
 lines labelled ``secret`` or ``not_secret`` for a rule such as ``np.github.1``; the family is the
 middle part (``github``). Every example is scanned exactly as given, as one file of one run of the
-real :class:`~codeworker.scan.SecretScanner` (a multi-line example keeps its lines). Nothing is
+real :class:`~codeworker.secrets.scanner.SecretScanner` (a multi-line example keeps its lines). Nothing is
 added around a bare token: a rule that needs a keyword before the value (AWS secret keys, Twilio
 secrets, generic passwords) is credited only where the example has one, as it would be in a real
 diff. An example counts as found when its file has a finding of any rule.
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeworker.scan import SecretFinding, SecretScanner, blocking
+from codeworker.secrets.scanner import SecretFinding, SecretScanner, blocking
 
 DEFAULT_EXAMPLES = Path("/work/shared/secrets-dev/examples.jsonl.gz")
 """The development set; it stays outside the repository, which holds no credential-shaped text."""

@@ -11,17 +11,13 @@ from typing import Any
 import click
 
 from codeworker.config import get_settings
-from codeworker.keys import repo_id
-from codeworker.locks import list_locks
-from codeworker.pipeline import pipeline
-from codeworker.registry import BranchStatus
+from codeworker.coordination.keys import repo_id
+from codeworker.coordination.locks import list_locks
+from codeworker.coordination.registry import BranchStatus
+from codeworker.models import OperationType
+from codeworker.pipeline.service import pipeline
 
-TASK_BY_TYPE = {
-    "error_fix": "codeworker.error_fix",
-    "feature_implementation": "codeworker.feature_implementation",
-    "refactor": "codeworker.refactor",
-    "test": "codeworker.test",
-}
+TASK_BY_TYPE = {kind.value: kind.task_name for kind in OperationType}
 
 
 def _echo_json(data: Any) -> None:
@@ -98,7 +94,8 @@ def worker(
     # SIGTERM means "finish within the grace period, then requeue": Celery's soft shutdown.
     # billiard reads this when first imported, so it must be set before Celery's worker loads.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
-    from codeworker.celery import app, stopped_on_request
+    from codeworker.celery import app
+    from codeworker.worker.signals import stopped_on_request
 
     settings = get_settings()
     argv = [

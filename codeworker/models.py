@@ -8,12 +8,10 @@ the pydantic validation context, so the models stay plain data.
 from __future__ import annotations
 
 import re
-import unicodedata
 import uuid
 from collections import Counter
 from enum import StrEnum
-from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,10 +28,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from codeworker.scan import SecretFinding
+from codeworker.names import OPERATION_ID, OPERATION_ID_RULE, invisible_characters, relative_path, shown
+from codeworker.secrets.scanner import SecretFinding
 
-OPERATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-"""Operation ids end up in Redis keys, directory names and branch names."""
+T = TypeVar("T")
 
 BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
 """A conservative subset of git's check-ref-format for base branch names."""
@@ -41,25 +39,40 @@ BRANCH_NAME = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/-]{1,20
 MAX_TEXT = 100_000
 """Longest description or context text accepted, in characters."""
 
-MAX_PATH = 1024
-"""Longest repo-relative path accepted, in characters."""
-
 MAX_URL = 2048
 """Longest repository URL accepted, in characters."""
 
 URL_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 """One path segment of a repository URL: what GitHub allows in owner and repository names."""
 
-INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-"""Unicode control, format (bidi overrides, zero-width joiners) and line/paragraph separators:
-characters that make a path or URL read differently from what it is."""
-
 
 class OperationType(StrEnum):
+    """The operation types, listed once: the task modules (``codeworker.tasks.<type>``), their task
+    names, the CLI, the default executors, the prompts and the verification rules derive from it
+    or are checked against it at import."""
+
     ERROR_FIX = "error_fix"
     FEATURE_IMPLEMENTATION = "feature_implementation"
     REFACTOR = "refactor"
     TEST = "test"
+
+    @property
+    def task_name(self) -> str:
+        """The Celery task that runs this type (``codeworker.error_fix``)."""
+        return f"codeworker.{self.value}"
+
+    @classmethod
+    def of_task(cls, task_name: str) -> OperationType | None:
+        """The type a Celery task name runs, None for any other task (the health probe)."""
+        return next((kind for kind in cls if kind.task_name == task_name), None)
+
+
+def for_every_type(table: dict[OperationType, T], what: str) -> dict[OperationType, T]:
+    """``table``, refused at import unless it has exactly one entry per operation type."""
+    missing = set(OperationType) - set(table)
+    if missing:
+        raise TypeError(f"{what} has no entry for {', '.join(sorted(missing))}")
+    return table
 
 
 class Status(StrEnum):
@@ -86,32 +99,6 @@ class _Model(BaseModel):
         str_strip_whitespace=True,
         strict=False,
     )
-
-
-def shown(value: str, limit: int = 80) -> str:
-    """``repr`` of a value for an error message, cut short: a hostile job's 1 MB field must not be
-    echoed into every log line and result."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
-
-
-def invisible_characters(value: str) -> bool:
-    return any(unicodedata.category(char) in INVISIBLE_CATEGORIES for char in value)
-
-
-def relative_path(value: str) -> str:
-    """A repo-relative POSIX path that cannot leave the checkout or reach into .git."""
-    if len(value) > MAX_PATH:
-        raise ValueError(f"path is longer than {MAX_PATH} characters")
-    if not value or "\x00" in value or "\\" in value:
-        raise ValueError(f"{shown(value)} is not a repo-relative path")
-    if invisible_characters(value):
-        raise ValueError(f"{shown(value)} holds control or invisible characters")
-    path = PurePosixPath(value)
-    if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{shown(value)} must be relative to the repository root, without '..'")
-    if path.parts and path.parts[0] == ".git":
-        raise ValueError(f"{shown(value)} points into .git")
-    return str(path)
 
 
 def command(value: str | None) -> str | None:
@@ -222,7 +209,7 @@ class Job(_Model):
     @classmethod
     def _operation_id(cls, value: str) -> str:
         if not OPERATION_ID.match(value):
-            raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-'")
+            raise ValueError(OPERATION_ID_RULE)
         return value
 
     @field_validator("max_iterations")

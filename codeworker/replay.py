@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from codeworker.loopback import LoopbackServer
-from executors.agent.trajectory import read_trajectory
+from codeworker.executors.agent.trajectory import read_trajectory
+from codeworker.loopback.server import LoopbackServer
 
 REPLAY_RETRY_CAP_MS = 200.0
 """A recorded retry-after is served at most this long: a replay need not wait as the API asked."""
@@ -193,8 +193,8 @@ def replay_main(trajectory: Path, job: Path | None = None, echo: Any = print) ->
     trajectory recorded) in this process through the pipeline, its model answers served from the
     trajectory. Exit status 0 when the job succeeds and the whole session was replayed."""
     from codeworker.config import get_settings
-    from codeworker.pipeline import pipeline
-    from executors.agent import AgentExecutor
+    from codeworker.executors.agent import AgentExecutor
+    from codeworker.pipeline.service import pipeline
 
     with ReplayServer(trajectory) as server:
         raw = json.loads(job.read_text()) if job is not None else server.job

@@ -24,11 +24,11 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from codeworker.keys import Keys, repo_id
-from codeworker.registry import BranchRegistry
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.registry import BranchRegistry
+from codeworker.loopback.gitserver import GitServer
 from codeworker.replay import ReplayServer
 from tests.support.github_stub import GitHubStub
-from tests.support.gitserver import GitServer
 from tests.support.redis_server import RedisServer
 from tests.support.worker import WorkerProcess
 

@@ -6,11 +6,11 @@ kind of executor and gives the demo something real to push.
 
 from __future__ import annotations
 
+from codeworker.executors.base import Outcome, Workspace
 from ruff.__main__ import find_ruff_bin
 
 from codeworker.models import Job, Verification
-from codeworker.verification import Verifier, unchanged_outcome
-from executors.base import Outcome, Workspace
+from codeworker.verification.verifier import Verifier, unchanged_outcome
 
 
 class AutofixExecutor:

@@ -8,8 +8,8 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from codeworker.commands import CommandResult
 from codeworker.models import Job, Usage, Verification
+from codeworker.sandbox.commands import CommandResult
 
 
 class Workspace(Protocol):

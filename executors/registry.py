@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from executors.base import Executor
+from codeworker.executors.base import Executor
+
+from codeworker.models import OperationType
 
 GROUP = "codeworker.executors"
 
-DEFAULT_BY_TYPE = {
-    "error_fix": "agent",
-    "feature_implementation": "agent",
-    "refactor": "agent",
-    "test": "agent",
-}
+DEFAULT_BY_TYPE = dict.fromkeys(OperationType, "agent")
 """The executor a job gets when it names none: the Anthropic agent for every operation type."""
 
 
@@ -35,7 +32,7 @@ def available() -> list[str]:
 
 def load_executor(name: str | None, operation_type: str) -> Executor:
     """Instantiate the named executor, or the default for ``operation_type``."""
-    wanted = name or DEFAULT_BY_TYPE[operation_type]
+    wanted = name or DEFAULT_BY_TYPE[OperationType(operation_type)]
     matches = entry_points(group=GROUP, name=wanted)
     if not matches:
         raise UnknownExecutor(wanted, available())

@@ -1,4 +1,9 @@
-"""One thin Celery task per operation type; each hands its job to the pipeline."""
+"""One thin Celery task per operation type; each hands its job to the pipeline.
+
+Installed as ``codeworker.tasks``. Each module is named for its :class:`OperationType` and holds
+only ``operation_task(__name__, __doc__)``: the Celery app imports ``codeworker.tasks.<type>`` for
+every type, and a module named for no type fails at import.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ from typing import Any
 
 from celery import Task
 
-from codeworker.models import InvalidJob, job_argument
-from codeworker.pipeline import Progress, RetryOperation, pipeline
+from codeworker.celery import app
+from codeworker.models import InvalidJob, OperationType, job_argument
+from codeworker.pipeline.service import Progress, RetryOperation, pipeline
 
 
 def run_operation(
-    task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], operation_type: str
+    task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], operation_type: OperationType
 ) -> dict[str, Any]:
     """Run the job (the task's one positional argument). A copy still running elsewhere, or a model
     API that is overloaded, is retried later (the pipeline says when and has cleaned up)."""
@@ -27,3 +33,16 @@ def run_operation(
         return pipeline().run(job, operation_type, progress=progress, attempt=task.request.retries)
     except RetryOperation as later:
         raise task.retry(countdown=later.retry_after, max_retries=None) from None
+
+
+def operation_task(module: str, doc: str | None) -> Task:
+    """The task of the operation type ``module`` (``codeworker.tasks.error_fix``) is named for."""
+    operation_type = OperationType(module.rpartition(".")[2])
+
+    def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run_operation(self, args, kwargs, operation_type)
+
+    run.__doc__ = (doc or "").partition(": ")[2] or doc
+    run.__name__ = run.__qualname__ = operation_type.value
+    run.__module__ = module
+    return app.task(name=operation_type.task_name, bind=True)(run)

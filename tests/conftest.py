@@ -12,12 +12,12 @@ from celery import Celery
 from pydantic import SecretStr
 
 from codeworker.config import Settings
-from codeworker.keys import Keys
-from codeworker.pipeline import Pipeline
-from codeworker.registry import BranchRegistry
+from codeworker.coordination.keys import Keys
+from codeworker.coordination.registry import BranchRegistry
+from codeworker.loopback.gitserver import GitServer
+from codeworker.pipeline.service import Pipeline
 from tests.support.anthropic_stub import AnthropicStub
 from tests.support.github_stub import GitHubStub
-from tests.support.gitserver import GitServer
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.worker import WorkerProcess
 

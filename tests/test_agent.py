@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from codeworker.executors.agent import AgentExecutor
+from codeworker.executors.agent.trajectory import read_trajectory
+from codeworker.executors.base import Workspace
 from pydantic import SecretStr
 
 from codeworker.config import Settings
+from codeworker.loopback.gitserver import GitServer, _git
 from codeworker.models import Job, parse_job
-from codeworker.pipeline import OperationDeferred, OperationRun, Pipeline
+from codeworker.pipeline.service import OperationDeferred, OperationRun, Pipeline
 from codeworker.replay import RecordedRequest, ReplayServer
-from codeworker.verification import Verifier as WorkerVerifier
-from executors.agent import AgentExecutor
-from executors.agent.trajectory import read_trajectory
-from executors.base import Workspace
+from codeworker.verification.verifier import Verifier as WorkerVerifier
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import anthropic_stub as s
-from tests.support.gitserver import GitServer, _git
 
 SAMPLE = Path(__file__).resolve().parent.parent / "demo" / "sample_bug"
 CART = "pricing/cart.py"
@@ -600,7 +600,7 @@ def test_replay_main_runs_a_recorded_job_through_the_pipeline(
     session, redis_server, github_stub, monkeypatch, tmp_path
 ):
     from codeworker.config import get_settings
-    from codeworker.pipeline import pipeline
+    from codeworker.pipeline.service import pipeline
     from codeworker.replay import replay_main
 
     job_file = tmp_path / "job.json"

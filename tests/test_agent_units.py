@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from codeworker.executors.agent.budget import Ledger, UnknownModelPrice
+from codeworker.executors.agent.loops import LoopDetector
+from codeworker.executors.agent.tools import EDITOR, Tools, clip
 
-from codeworker.checkout import Checkout
 from codeworker.config import ModelPrice, Settings
-from codeworker.keys import Keys
-from codeworker.locks import FileLocks
-from executors.agent.budget import Ledger, UnknownModelPrice
-from executors.agent.loops import LoopDetector
-from executors.agent.tools import EDITOR, Tools, clip
+from codeworker.coordination.keys import Keys
+from codeworker.coordination.locks import FileLocks
+from codeworker.sandbox.checkout import Checkout
 
 
 class _Tree:

@@ -8,9 +8,9 @@ import threading
 import pytest
 import redis
 
-from codeworker.claims import Claim, ClaimLost, ClaimState, OperationClaims
-from codeworker.keys import Keys
-from codeworker.locks import FileLocks, LockWatchdog
+from codeworker.coordination.claims import Claim, ClaimLost, ClaimState, OperationClaims
+from codeworker.coordination.keys import Keys
+from codeworker.coordination.locks import FileLocks, LockWatchdog
 from tests.support.waiting import wait_until
 
 RESULT = {"success": True, "operation_id": "op-1", "branch": "codeworker/fix-1", "status": "pr_open"}

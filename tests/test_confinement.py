@@ -25,18 +25,18 @@ from pathlib import Path
 import pygit2
 import pytest
 import redis
+from codeworker.executors.agent.tools import EDITOR, ToolResult, Tools
+from codeworker.executors.base import Outcome, Workspace
 
-from codeworker.checkout import Checkout
-from codeworker.keys import Keys
+from codeworker.coordination.keys import Keys
+from codeworker.git.workspace import GitError, UnsafeSymlink, Worktree
+from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
-from codeworker.pipeline import OperationRun, Pipeline
-from codeworker.verification import Verifier
-from codeworker.workspace import GitError, UnsafeSymlink, Worktree
-from executors.agent.tools import EDITOR, ToolResult, Tools
-from executors.base import Outcome, Workspace
+from codeworker.pipeline.service import OperationRun, Pipeline
+from codeworker.sandbox.checkout import Checkout
+from codeworker.verification.verifier import Verifier
 from tests.conftest import GITHUB_TOKEN
 from tests.support.checkouts import FILES, Checkouts, sandbox_settings
-from tests.support.gitserver import GitServer
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 

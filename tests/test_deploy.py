@@ -26,7 +26,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from codeworker.config import Settings
-from codeworker.http import WorkerState, create_app
+from codeworker.worker.http import WorkerState, create_app
 from tests.support import anthropic_stub as model_stub
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, run_job, scripted_job
 from tests.support.redis_server import free_port
@@ -381,7 +381,7 @@ def test_every_metric_of_the_worker_was_exported_by_the_scenario(exported):
     (multiprocess mode shows only what some process recorded), and queries on it would be unchecked."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from codeworker import metrics
+    from codeworker.worker import metrics
 
     declared = {value._name for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)}
     families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in exported["labels"]}

@@ -11,8 +11,8 @@ import textwrap
 
 import redis
 
-from codeworker.keys import Keys, repo_id
-from codeworker.registry import BranchStatus
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.registry import BranchStatus
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.jobs import (
     APP_PY,

@@ -7,12 +7,12 @@ import time
 import uuid
 
 import pytest
+from codeworker.executors.autofix import AutofixExecutor
+from codeworker.executors.base import Executor
+from codeworker.executors.registry import UnknownExecutor, available, load_executor
 
 from codeworker.models import parse_job
-from codeworker.pipeline import OperationRun
-from executors.autofix import AutofixExecutor
-from executors.base import Executor
-from executors.registry import UnknownExecutor, available, load_executor
+from codeworker.pipeline.service import OperationRun
 from tests.support.worker import PLUGINS
 
 UNTIDY = "import os, sys\n\n\ndef answer( ):\n    return   42\n"

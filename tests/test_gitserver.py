@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from codeworker.loopback.gitserver import GitServer
 from tests.conftest import GITHUB_TOKEN
-from tests.support.gitserver import GitServer
 
 TOKEN = GITHUB_TOKEN
 

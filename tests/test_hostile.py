@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from codeworker.keys import Keys
+from codeworker.coordination.keys import Keys
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
 from tests.support.worker import get
 

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from codeworker.executors.agent.tools import EDITOR, Tools
 
-from codeworker.checkout import Checkout
-from codeworker.keys import Keys, repo_id
-from codeworker.locks import FileLocks
-from codeworker.pipeline import Pipeline
-from codeworker.registry import BranchStatus
-from codeworker.workspace import Mirrors, RepositoryTooLarge
-from executors.agent.tools import EDITOR, Tools
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.locks import FileLocks
+from codeworker.coordination.registry import BranchStatus
+from codeworker.git.workspace import Mirrors, RepositoryTooLarge
+from codeworker.pipeline.service import Pipeline
+from codeworker.sandbox.checkout import Checkout
 from tests.plugins.cw_scripted import ScriptedExecutor
 from tests.support.jobs import new_repo, scripted_job
 

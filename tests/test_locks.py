@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from codeworker.keys import Keys
-from codeworker.locks import FileLocks, LockHeld, LockLost, LockWatchdog, list_locks
+from codeworker.coordination.keys import Keys
+from codeworker.coordination.locks import FileLocks, LockHeld, LockLost, LockWatchdog, list_locks
 from tests.support.waiting import wait_until
 
 REPO = "github.com/acme/app"

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from codeworker import metrics
+from codeworker.worker import metrics
 
 RECORD = textwrap.dedent(
     """
     import sys
-    from codeworker import metrics
+    from codeworker.worker import metrics
     from codeworker.models import Usage
-    from codeworker.scan import SecretFinding
+    from codeworker.secrets.scanner import SecretFinding
 
     finding = dict(path="a.py", line=1, rule="aws", redacted="AKIA****")
     metrics.job_started("refactor", redelivered=True)

@@ -10,14 +10,14 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from codeworker.executors.base import Outcome, RetryLater, Workspace
 
-from codeworker.keys import Keys, repo_id
-from codeworker.locks import FileLocks
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.locks import FileLocks
+from codeworker.coordination.registry import BranchStatus
+from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
-from codeworker.pipeline import OperationDeferred, OperationRun, Pipeline, Progress, branch_name
-from codeworker.registry import BranchStatus
-from executors.base import Outcome, RetryLater, Workspace
-from tests.support.gitserver import GitServer
+from codeworker.pipeline.service import OperationDeferred, OperationRun, Pipeline, Progress, branch_name
 
 APP_PY = "def answer():\n    return 42\n"
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from codeworker.keys import Keys, repo_id
-from codeworker.registry import (
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.registry import (
     TRANSITIONS,
     BranchExists,
     BranchRecord,

@@ -18,17 +18,17 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from codeworker.executors.base import Outcome, Workspace
 
-from codeworker.checkout import Checkout
-from codeworker.keys import Keys
+from codeworker.coordination.keys import Keys
+from codeworker.git.workspace import Worktree
+from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
-from codeworker.pipeline import OperationRun, Pipeline
-from codeworker.repo_config import MAX_CONFIG_BYTES, RepoConfig, RepoConfigError, load_repo_config
-from codeworker.workspace import Worktree
-from executors.base import Outcome, Workspace
+from codeworker.pipeline.service import OperationRun, Pipeline
+from codeworker.sandbox.checkout import Checkout
+from codeworker.sandbox.repo_config import MAX_CONFIG_BYTES, RepoConfig, RepoConfigError, load_repo_config
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.checkouts import Checkouts, sandbox_settings
-from tests.support.gitserver import GitServer
 
 AWS_KEY = "AKIA" + "QYLPMN5HHHFPZAM2"
 APP_PY = "def f():\n    return 1\n"
@@ -69,7 +69,7 @@ def billion_laughs(reference: str) -> str:
 
 def test_policy_keys_are_ignored_and_named_in_a_warning(tmp_path, caplog) -> None:
     write_config(tmp_path, yaml.safe_dump(HOSTILE))
-    with caplog.at_level(logging.WARNING, logger="codeworker.repo_config"):
+    with caplog.at_level(logging.WARNING, logger="codeworker.sandbox.repo_config"):
         config = load_repo_config(tmp_path)
 
     assert config == RepoConfig(test_command="python -m pytest -q")
@@ -82,7 +82,7 @@ def test_policy_keys_are_ignored_and_named_in_a_warning(tmp_path, caplog) -> Non
 
 def test_a_typo_is_ignored_with_a_warning_not_an_error(tmp_path, caplog) -> None:
     write_config(tmp_path, "test_comand: make test\nsetup_command: make deps\n")
-    with caplog.at_level(logging.WARNING, logger="codeworker.repo_config"):
+    with caplog.at_level(logging.WARNING, logger="codeworker.sandbox.repo_config"):
         config = load_repo_config(tmp_path)
 
     assert config == RepoConfig(setup_command="make deps")

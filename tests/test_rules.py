@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bench import secrets_corpus, secrets_recall
-from codeworker.scan import RULES_RESOURCE, WINDOW_OVERLAP, SecretFinding, SecretScanner, blocking
+from codeworker.secrets.scanner import RULES, WINDOW_OVERLAP, SecretFinding, SecretScanner, blocking
 
 ALNUM = string.ascii_letters + string.digits
 HEX = "0123456789abcdef"
@@ -215,7 +215,7 @@ def scanned(scanner: SecretScanner) -> dict[str, list[SecretFinding]]:
 
 
 def load_rules() -> list[dict[str, object]]:
-    with resources.as_file(resources.files("codeworker").joinpath(RULES_RESOURCE)) as path:
+    with resources.as_file(RULES) as path:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -343,7 +343,7 @@ def test_python_standard_library_has_no_high_finding() -> None:
 
 
 def test_rules_file_ships_inside_the_package() -> None:
-    path = Path(str(resources.files("codeworker").joinpath(RULES_RESOURCE)))
+    path = Path(str(RULES))
 
     assert path.is_file()
-    assert path.parent.name == "rules"
+    assert path.parent.name == "secrets"

@@ -20,14 +20,14 @@ import pytest
 import redis
 import yaml
 
-from codeworker.checkout import Checkout
-from codeworker.commands import CommandResult, run_process
 from codeworker.config import Settings, SetupNetwork
-from codeworker.keys import repo_id
-from codeworker.sandbox import SandboxUnavailable, SetupFailed, check_sandbox
+from codeworker.coordination.keys import repo_id
+from codeworker.loopback.gitserver import GitServer
+from codeworker.sandbox.bubblewrap import SandboxUnavailable, SetupFailed, check_sandbox
+from codeworker.sandbox.checkout import Checkout
+from codeworker.sandbox.commands import CommandResult, run_process
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.checkouts import FILES, Checkouts, sandbox_settings
-from tests.support.gitserver import GitServer
 from tests.support.waiting import wait_until
 from tests.support.worker import BIN
 
@@ -430,7 +430,7 @@ SETUP_IN_A_WORKER = """
 import sys
 from pathlib import Path
 from codeworker.config import Settings
-from codeworker.sandbox import Mounts, Sandbox
+from codeworker.sandbox.bubblewrap import Mounts, Sandbox
 
 where = Path(sys.argv[1])
 box = Sandbox(Settings(slirp4netns=sys.argv[2]), where, Mounts(writable=(where,)))

@@ -12,8 +12,8 @@ import time
 import pytest
 import redis
 
-from codeworker.keys import Keys, repo_id
-from codeworker.registry import BranchStatus
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.registry import BranchStatus
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, scripted_job
 from tests.support.redis_server import free_port
 from tests.support.worker import WorkerProcess

@@ -10,15 +10,15 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from codeworker.checkout import Checkout
 from codeworker.config import Settings
-from codeworker.keys import Keys, repo_id
-from codeworker.locks import FileLocks
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.locks import FileLocks
+from codeworker.git.workspace import Mirrors
+from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, TestRun, parse_job
-from codeworker.verification import Verdict, Verifier, parse_junit
-from codeworker.workspace import Mirrors
+from codeworker.sandbox.checkout import Checkout
+from codeworker.verification.verifier import Verdict, Verifier, parse_junit
 from tests.conftest import GITHUB_TOKEN
-from tests.support.gitserver import GitServer
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b  # bug\n"
 CALC_FIXED = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"

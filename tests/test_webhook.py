@@ -13,10 +13,10 @@ import redis
 from pydantic import SecretStr
 
 from codeworker.config import Settings
-from codeworker.health import Health
-from codeworker.http import HttpServer, WorkerState, create_app, signature
-from codeworker.keys import Keys, repo_id
-from codeworker.registry import BranchRecord, BranchRegistry, BranchStatus
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.registry import BranchRecord, BranchRegistry, BranchStatus
+from codeworker.worker.health import Health
+from codeworker.worker.http import HttpServer, WorkerState, create_app, signature
 
 SECRET = "webhook-secret-for-tests"
 REPOSITORY = "https://github.com/acme/inventory"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from codeworker.workspace import (
+from codeworker.git.workspace import (
     AuthenticationFailed,
     BaseBranchMissing,
     GitAuth,
@@ -25,8 +25,8 @@ from codeworker.workspace import (
     PushRejected,
     Worktree,
 )
+from codeworker.loopback.gitserver import GitServer
 from tests.conftest import GITHUB_TOKEN
-from tests.support.gitserver import GitServer
 
 TOKEN = GITHUB_TOKEN
 AUTHOR = ("codeworker", "codeworker@example.invalid")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from codeworker.executors.agent import prompts
+from codeworker.executors.agent.budget import Ledger
+from codeworker.executors.agent.loops import LoopDetector
+from codeworker.executors.agent.model import Model
+from codeworker.executors.agent.tools import Environment
+from codeworker.executors.agent.trajectory import Trajectory
+
 from codeworker.config import Settings
-from executors.agent import prompts
-from executors.agent.budget import Ledger
-from executors.agent.loops import LoopDetector
-from executors.agent.model import Model
-from executors.agent.tools import Environment
-from executors.agent.trajectory import Trajectory
 
 EPHEMERAL = {"type": "ephemeral"}
 

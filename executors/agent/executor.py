@@ -11,24 +11,25 @@ import base64
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from codeworker.executors.agent import prompts
+from codeworker.executors.agent.agent import Agent, text_block
+from codeworker.executors.agent.budget import Ledger
+from codeworker.executors.agent.model import AnthropicModel, Attempt, AttemptSink, Model
+from codeworker.executors.agent.tools import Tools
+from codeworker.executors.agent.trajectory import Trajectory
+from codeworker.executors.base import Outcome, Workspace
+
 from codeworker import logs
 from codeworker.config import Settings, get_settings
 from codeworker.models import Job, TestRun, Verification
-from codeworker.verification import Verifier as WorkerVerifier
-from executors.agent import prompts
-from executors.agent.agent import Agent, text_block
-from executors.agent.budget import Ledger
-from executors.agent.model import AnthropicModel, Attempt, AttemptSink, Model
-from executors.agent.tools import Tools
-from executors.agent.trajectory import Trajectory
-from executors.base import Outcome, Workspace
+from codeworker.verification.verifier import Verifier as WorkerVerifier
 
 SUMMARY_LIMIT = 4000
 """Characters of the model's final text kept in the summary (commit message and PR body)."""
 
 
 class Verdict(Protocol):
-    """What ``codeworker.verification.Verifier.verify`` answers."""
+    """What ``codeworker.verification.verifier.Verifier.verify`` answers."""
 
     ok: bool
     reasons: list[str]

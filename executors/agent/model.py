@@ -15,8 +15,7 @@ from typing import Any, Protocol
 
 import anthropic
 from anthropic import Middleware
-
-from executors.base import RetryLater
+from codeworker.executors.base import RetryLater
 
 REQUEST_TIMEOUT = 300.0
 """Seconds one Messages request may take (non-streaming replies of ``model_max_tokens``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codeworker.models import Job, OperationType
+from codeworker.models import Job, OperationType, for_every_type
 
 SYSTEM = """\
 You are codeworker, an autonomous software engineer changing a git checkout at {root} so that a \
@@ -28,16 +28,19 @@ Rules:
 fails you get the failure and another chance.
 {operation_rules}"""
 
-OPERATION_RULES = {
-    OperationType.ERROR_FIX: "- Find the root cause of the reported error and fix it; the failing "
-    "behaviour must be gone and every test that passed before must still pass.",
-    OperationType.FEATURE_IMPLEMENTATION: "- Implement the feature completely, with tests for its "
-    "acceptance criteria following the test strategy; existing tests must keep passing.",
-    OperationType.REFACTOR: "- Behaviour must not change: the test outcome must stay exactly as it "
-    "was. The diff must not be empty.",
-    OperationType.TEST: "- Write new tests (new or changed test files) that pass and raise the line "
-    "coverage of the target files; do not change the code under test.",
-}
+OPERATION_RULES = for_every_type(
+    {
+        OperationType.ERROR_FIX: "- Find the root cause of the reported error and fix it; the failing "
+        "behaviour must be gone and every test that passed before must still pass.",
+        OperationType.FEATURE_IMPLEMENTATION: "- Implement the feature completely, with tests for its "
+        "acceptance criteria following the test strategy; existing tests must keep passing.",
+        OperationType.REFACTOR: "- Behaviour must not change: the test outcome must stay exactly as it "
+        "was. The diff must not be empty.",
+        OperationType.TEST: "- Write new tests (new or changed test files) that pass and raise the line "
+        "coverage of the target files; do not change the code under test.",
+    },
+    "the agent's operation rules",
+)
 
 WRAP_UP = (
     "Budget notice: {reason}. Wrap up now: finish the edit in progress, run the tests once if "

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from codeworker.locks import LockHeld
-from executors.base import Workspace
+from codeworker.executors.base import Workspace
+
+from codeworker.coordination.locks import LockHeld
 
 EDITOR = "str_replace_based_edit_tool"
 BASH = "bash"

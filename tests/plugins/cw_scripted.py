@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from codeworker.executors.base import Outcome, Workspace
+
 from codeworker.models import Job, TestRun, Verification
-from executors.base import Outcome, Workspace
 
 
 class ScriptedExecutor:

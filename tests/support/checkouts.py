@@ -10,12 +10,12 @@ from typing import Any
 import redis
 from pydantic import SecretStr
 
-from codeworker.checkout import Checkout
 from codeworker.config import Settings
-from codeworker.keys import Keys, repo_id
-from codeworker.locks import FileLocks
-from codeworker.workspace import Mirrors, Worktree
-from tests.support.gitserver import GitServer
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.locks import FileLocks
+from codeworker.git.workspace import Mirrors, Worktree
+from codeworker.loopback.gitserver import GitServer
+from codeworker.sandbox.checkout import Checkout
 
 FILES = {"README.md": "hello\n", "app.py": "def f():\n    return 1\n"}
 

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from codeworker.loopback import LoopbackServer
+from codeworker.loopback.server import LoopbackServer
 
 DOCS_URL = "https://docs.github.com/rest"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from tests.support.gitserver import GitServer
+from codeworker.loopback.gitserver import GitServer
 from tests.support.worker import WorkerProcess
 
 QUEUE = "code-operation"

@@ -9,7 +9,7 @@ Why each piece is there:
   of the worker's processes (whose ``/proc/<pid>/environ`` holds the token), and a private pid 1
   whose death takes every process of the command with it.
 - Setup alone gets a network (``CODEWORKER_SETUP_NETWORK``): by default an outbound-only one of its
-  own, slirp4netns attached to that empty namespace (:mod:`codeworker.slirp`), which does not
+  own, slirp4netns attached to that empty namespace (:mod:`codeworker.sandbox.network`), which does not
   reach the host's loopback (Redis, the worker's HTTP port) or 169.254.0.0/16 (cloud metadata).
 - ``--clearenv`` plus an allowlist: the worker's credentials (GITHUB_TOKEN, ANTHROPIC_API_KEY,
   REDIS_URL, ...) never reach a command, whatever the worker's environment holds.
@@ -50,11 +50,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from codeworker.commands import CommandResult, command_env, run_process
 from codeworker.config import Settings, SetupNetwork
-from codeworker.slirp import TAP, NetworkUnavailable, UserNetwork
+from codeworker.sandbox.commands import CommandResult, command_env, run_process
+from codeworker.sandbox.network import TAP, NetworkUnavailable, UserNetwork
+from codeworker.secrets.scanner import SCANNER_VENV
 
-log = logging.getLogger("codeworker.sandbox")
+log = logging.getLogger(__name__)
 
 SECRET_MOUNTS = (Path("/run/secrets"), Path("/var/run/secrets"))
 """Where Docker and Kubernetes put secrets and service-account tokens."""
@@ -74,11 +75,6 @@ PROBE_TIMEOUT = 15.0
 
 class SandboxUnavailable(RuntimeError):
     """bubblewrap is missing or cannot create namespaces, and unsandboxed commands are not allowed."""
-
-
-def _scanner_venv() -> Path:
-    """The scanner's virtualenv (``.venv-scanner`` next to the package), hidden from commands."""
-    return Path(__file__).resolve().parent.parent / ".venv-scanner"
 
 
 PROBE_SANDBOX = (
@@ -295,7 +291,7 @@ class Sandbox:
     ) -> CommandResult:
         """Run ``command`` (a shell string or an argv) in the checkout; never raises for its failure.
 
-        ``network`` is for setup alone. Raises :class:`~codeworker.slirp.NetworkUnavailable` when
+        ``network`` is for setup alone. Raises :class:`~codeworker.sandbox.network.NetworkUnavailable` when
         the isolated network cannot be attached (the command has not run then)."""
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
         shown = command if isinstance(command, str) else subprocess.list2cmdline(argv)
@@ -340,7 +336,7 @@ class Sandbox:
         """The full bubblewrap command line (public so tests and operators can read it).
 
         Only ``host`` keeps the host's network; ``isolated`` needs ``network_args`` from a
-        :class:`~codeworker.slirp.UserNetwork` to have any network at all."""
+        :class:`~codeworker.sandbox.network.UserNetwork` to have any network at all."""
         args = [shutil.which(self.settings.bwrap) or self.settings.bwrap]
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
         hidden = self._hidden_paths()
@@ -382,7 +378,7 @@ class Sandbox:
             *self.hidden,
             home,
             self.settings.trajectory_dir,
-            _scanner_venv(),
+            SCANNER_VENV,
             *SECRET_MOUNTS,
         ]
         bound = {p.resolve() for p in (*self.mounts.writable, *self.mounts.readable)}

@@ -1,6 +1,6 @@
 """Running a process for a checkout: its result, its reduced environment, its group kill.
 
-:mod:`codeworker.sandbox` wraps every repository command in bubblewrap and runs it through
+:mod:`codeworker.sandbox.bubblewrap` wraps every repository command in bubblewrap and runs it through
 :func:`run_process`. Commands get a reduced environment, never the worker's credentials, and a
 timeout that kills the whole process group, so a test suite that forks cannot outlive its job.
 """
@@ -58,7 +58,8 @@ def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
 
 def run_command(command: str | Sequence[str], cwd: Path, timeout: float, home: Path) -> CommandResult:
     """Run ``command`` (a shell string or an argv) in ``cwd`` WITHOUT a sandbox; never raises for
-    the command's failure. Only :mod:`codeworker.sandbox` calls this, when the operator allowed it."""
+    the command's failure. Only :mod:`codeworker.sandbox.bubblewrap` calls this, when the operator
+    allowed it."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     shown = command if isinstance(command, str) else shlex.join(command)
     return run_process(argv, shown, cwd, command_env(home), timeout)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import redis
 from redis.commands.core import Script
 
-from codeworker.keys import Keys
+from codeworker.coordination.keys import Keys
 
 RUNNING = "running"
 FINISHED = "finished"
@@ -115,10 +115,6 @@ class Claim:
     retry_after: float = 0.0
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class OperationClaims:
     """Claims on operation ids: at most one live attempt per operation, and results kept for reuse."""
 
@@ -153,11 +149,11 @@ class OperationClaims:
             args=[owner, self._ms(self.ttl), self._record_ttl_ms, time.time(), operation_id],
             client=self.client,
         )
-        state = ClaimState(_text(reply[0]))
+        state = ClaimState(reply[0])
         if state is ClaimState.FINISHED:
-            return Claim(state, result=json.loads(_text(reply[1])))
+            return Claim(state, result=json.loads(reply[1]))
         if state is ClaimState.BUSY:
-            return Claim(state, holder=_text(reply[1]), retry_after=max(int(reply[2]), 0) / 1000)
+            return Claim(state, holder=reply[1], retry_after=max(int(reply[2]), 0) / 1000)
         return Claim(state, owner=owner)
 
     def heartbeat(self, operation_id: str, owner: str) -> bool:
@@ -194,7 +190,7 @@ class OperationClaims:
         fields, record_pttl, beat_pttl = pipe.execute()
         if not fields:
             return None
-        record: dict[str, Any] = {_text(field): _text(value) for field, value in fields.items()}
+        record: dict[str, Any] = dict(fields)
         if "result" in record:
             record["result"] = json.loads(record["result"])
         for name in ("claimed_at", "finished_at"):

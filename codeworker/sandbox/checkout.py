@@ -8,14 +8,14 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from codeworker.commands import CommandResult
 from codeworker.config import Settings
-from codeworker.keys import repo_id
-from codeworker.locks import FileLocks
-from codeworker.models import relative_path, shown
-from codeworker.repo_config import load_repo_config, setup_plan, test_command_for
-from codeworker.sandbox import CacheMount, GitView, Sandbox, SetupCache, SetupFailed
-from codeworker.workspace import Worktree
+from codeworker.coordination.keys import repo_id
+from codeworker.coordination.locks import FileLocks
+from codeworker.git.workspace import Worktree
+from codeworker.names import relative_path, shown
+from codeworker.sandbox.bubblewrap import CacheMount, GitView, Sandbox, SetupCache, SetupFailed
+from codeworker.sandbox.commands import CommandResult
+from codeworker.sandbox.repo_config import load_repo_config, setup_plan, test_command_for
 
 __all__ = ["Checkout", "PathEscape", "SetupFailed", "UnusablePath"]
 
@@ -55,9 +55,9 @@ def _kind(mode: int) -> str | None:
 
 
 class Checkout:
-    """Implements :class:`executors.base.Workspace` over one job's worktree and locks.
+    """Implements :class:`codeworker.executors.base.Workspace` over one job's worktree and locks.
 
-    Every command runs in the job's :class:`~codeworker.sandbox.Sandbox`; after :meth:`setup`,
+    Every command runs in the job's :class:`~codeworker.sandbox.bubblewrap.Sandbox`; after :meth:`setup`,
     commands also see the repository's cached setup result (read-only).
     """
 
@@ -102,6 +102,8 @@ class Checkout:
                 path = str(candidate.relative_to(self.root))
             except ValueError:
                 raise PathEscape(f"{shown(path)} is outside the checkout") from None
+        if path and not PurePosixPath(path).parts:  # ".": the checkout itself (a directory listing)
+            return self.root.resolve()
         try:
             relative = relative_path(path)
         except ValueError as exc:

@@ -11,7 +11,7 @@ Why this shape:
   network operation. It is never in a URL, a remote's config, ``.git/config``, a log line or an
   exception message; a URL that arrives with credentials in it is stored without them.
 - The agent's commands may write the checkout, its ``.git`` file included, and see a private copy of
-  the worktree's admin directory (see :mod:`codeworker.sandbox`). So the worker opens a worktree
+  the worktree's admin directory (see :mod:`codeworker.sandbox.bubblewrap`). So the worker opens a worktree
   through the admin directory it created (:attr:`Worktree.git_dir`), which the sandbox cannot write,
   and never through the checkout's ``.git`` file; and it never commits a symbolic link that points
   out of the repository (:class:`UnsafeSymlink`).
@@ -37,7 +37,8 @@ import pygit2
 from pydantic import SecretStr
 from pygit2.enums import FetchPrune, Option, SortMode
 
-from codeworker.keys import repo_id
+from codeworker.coordination.keys import repo_id
+from codeworker.names import is_operation_id
 
 __all__ = [
     "AuthenticationFailed",
@@ -55,8 +56,6 @@ __all__ = [
 
 _REMOTE = "origin"
 _FETCH_REFSPEC = f"+refs/heads/*:refs/remotes/{_REMOTE}/*"
-# An operation id names a directory (the worktree) and a libgit2 worktree; keep it to a safe alphabet.
-_OPERATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SAFE_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
 # libgit2 1.9 messages when it refuses a non-forced push whose remote ref moved on.
 _NON_FAST_FORWARD_HINTS = ("non-fastforwardable", "non-fast-forward", "not present locally")
@@ -440,7 +439,7 @@ class Mirrors:
 
 
 def _check_operation_id(operation_id: str) -> None:
-    if not _OPERATION_ID.match(operation_id):
+    if not is_operation_id(operation_id):
         raise InvalidRepository(f"operation id {operation_id!r} is not usable as a worktree name")
 
 

@@ -21,31 +21,16 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from codeworker import logs, metrics
-from codeworker.active import ActiveJob, ActiveJobs
-from codeworker.checkout import Checkout
-from codeworker.claims import ClaimState, OperationClaims
+from codeworker import logs
 from codeworker.config import Settings, get_settings
-from codeworker.github import GitHubError, PullRequests
-from codeworker.keys import Keys, repo_id
-from codeworker.locks import FileLocks, LockWatchdog
-from codeworker.models import (
-    OPERATION_ID,
-    InvalidJob,
-    Job,
-    PullRequestInfo,
-    Result,
-    Status,
-    Usage,
-    Verification,
-    parse_job,
-)
-from codeworker.registry import LIVE_STATUSES, BranchRecord, BranchRegistry, BranchStatus
-from codeworker.repo_config import RepoConfigError
-from codeworker.report import commit_message, pr_body, pr_title
-from codeworker.sandbox import SetupFailed
-from codeworker.scan import SecretFinding, SecretScanner
-from codeworker.workspace import (
+from codeworker.coordination.claims import ClaimState, OperationClaims
+from codeworker.coordination.connection import redis_client
+from codeworker.coordination.keys import Keys, repo_id
+from codeworker.coordination.locks import FileLocks, LockWatchdog
+from codeworker.coordination.registry import LIVE_STATUSES, BranchRecord, BranchRegistry, BranchStatus
+from codeworker.executors.base import Executor, Outcome, RetryLater
+from codeworker.executors.registry import UnknownExecutor, load_executor
+from codeworker.git.workspace import (
     GitError,
     MergeConflict,
     Mirrors,
@@ -54,10 +39,18 @@ from codeworker.workspace import (
     UnsafeSymlink,
     Worktree,
 )
-from executors.base import Executor, Outcome, RetryLater
-from executors.registry import UnknownExecutor, load_executor
+from codeworker.github import GitHubError, PullRequests
+from codeworker.models import InvalidJob, Job, PullRequestInfo, Result, Status, Usage, Verification, parse_job
+from codeworker.names import is_operation_id
+from codeworker.pipeline.report import commit_message, pr_body, pr_title
+from codeworker.sandbox.bubblewrap import SetupFailed
+from codeworker.sandbox.checkout import Checkout
+from codeworker.sandbox.repo_config import RepoConfigError
+from codeworker.secrets.scanner import SecretFinding, SecretScanner
+from codeworker.worker import metrics
+from codeworker.worker.journal import ActiveJob, ActiveJobs
 
-log = logging.getLogger("codeworker.pipeline")
+log = logging.getLogger(__name__)
 
 MERGE_ATTEMPTS = 2
 """A base that moves between our fetch and our push gets one fresh merge before we give up."""
@@ -150,7 +143,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, worker_pid: int | None = None) -> Pipeline:
         """``worker_pid``: the worker main process whose journal this process writes to."""
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        client = redis_client(settings.redis_url)
         keys = Keys(settings.key_prefix)
         token = settings.github_token.get_secret_value()
         logs.register_secret(token)
@@ -240,7 +233,7 @@ class Pipeline:
         log.warning("job rejected: %s", exc)
         return Result(
             success=False,
-            operation_id=sent_id if isinstance(sent_id, str) and OPERATION_ID.match(sent_id) else None,
+            operation_id=sent_id if is_operation_id(sent_id) else None,
             status=Status.INVALID,
             error=logs.scrub(str(exc)),
         ).model_dump(mode="json")

@@ -24,7 +24,7 @@ import redis
 from pydantic import BaseModel, Field, TypeAdapter
 from redis.commands.core import Script
 
-from codeworker.keys import Keys
+from codeworker.coordination.keys import Keys
 
 
 class BranchStatus(StrEnum):
@@ -202,13 +202,9 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _decode(flat: builtins.list[Any]) -> BranchRecord:
     """A record from HGETALL as a flat ``field, value, ...`` list."""
-    fields = {_text(field): _text(value) for field, value in zip(flat[::2], flat[1::2], strict=True)}
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
     fields["files"] = json.loads(fields.get("files", "[]"))
     return BranchRecord.model_validate(fields)
 
@@ -263,8 +259,8 @@ class BranchRegistry:
             args=[fresh.operation_id, *pairs],
             client=self.client,
         )
-        if _text(reply[0]) == "exists":
-            raise BranchExists(fresh.repo, fresh.branch, _text(reply[1]), _text(reply[2]))
+        if reply[0] == "exists":
+            raise BranchExists(fresh.repo, fresh.branch, reply[1], reply[2])
         return _decode(reply[1:])
 
     def transition(self, repo: str, branch: str, to: BranchStatus, **fields: Any) -> BranchRecord:
@@ -288,11 +284,11 @@ class BranchRegistry:
             ],
             client=self.client,
         )
-        outcome = _text(reply[0])
+        outcome = reply[0]
         if outcome == "unknown":
             raise UnknownBranch(repo, branch)
         if outcome == "invalid":
-            raise InvalidTransition(BranchStatus(_text(reply[1])), to)
+            raise InvalidTransition(BranchStatus(reply[1]), to)
         return _decode(reply[1:])
 
     def update(self, repo: str, branch: str, **fields: Any) -> BranchRecord:
@@ -304,7 +300,7 @@ class BranchRegistry:
             args=[json.dumps(set_fields), json.dumps(delete_fields)],
             client=self.client,
         )
-        if _text(reply[0]) == "unknown":
+        if reply[0] == "unknown":
             raise UnknownBranch(repo, branch)
         return _decode(reply[1:])
 
@@ -324,7 +320,7 @@ class BranchRegistry:
         if not indexes:
             indexes.append(self.keys.all_branches())
         members = self.client.sinter(indexes)
-        records = self._hgetall(sorted(_text(member) for member in members))
+        records = self._hgetall(sorted(members))
         return sorted(records, key=lambda record: (record.created_at, record.repo, record.branch))
 
     # -- helpers ---------------------------------------------------------------------------------

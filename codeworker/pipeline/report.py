@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from codeworker.executors.base import Outcome
 from codeworker.models import Job, TestRun
-from codeworker.scan import SecretFinding
-from executors.base import Outcome
+from codeworker.secrets.scanner import SecretFinding
 
 TITLE_LENGTH = 72
 

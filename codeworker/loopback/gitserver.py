@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO
 
-from codeworker.loopback import LoopbackServer
+from codeworker.loopback.server import LoopbackServer
 
 _HTTP_BACKEND = (
     Path(subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip())

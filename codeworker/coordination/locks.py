@@ -14,7 +14,6 @@ whose lock was lost (expired, or taken by someone else after expiry) sees it thr
 from __future__ import annotations
 
 import logging
-import posixpath
 import random
 import threading
 import time
@@ -27,7 +26,8 @@ from typing import Any, ClassVar
 import redis
 from redis.commands.core import Script
 
-from codeworker.keys import Keys
+from codeworker.coordination.keys import Keys
+from codeworker.names import relative_path
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +113,9 @@ class LockInfo:
     """Seconds until the lock expires unless renewed; None when it has no TTL."""
 
 
-def normalize_path(path: str) -> str:
-    """The one spelling of a repo-relative path, so ``./a//b.py`` and ``a/b.py`` share a lock."""
-    cleaned = posixpath.normpath(path.strip().replace("\\", "/"))
-    if not path.strip() or cleaned == "." or cleaned.startswith("/") or cleaned.split("/")[0] == "..":
-        raise ValueError(f"not a path inside the repository: {path!r}")
-    return cleaned
-
-
 def holder_of(owner: str) -> str:
     """The operation id part of an owner token."""
     return owner.rsplit(":", 1)[0]
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class FileLocks:
@@ -159,7 +147,7 @@ class FileLocks:
         self.operation_id = operation_id
         self.ttl = ttl
         self.owner = adopt[0] if adopt else f"{operation_id}:{uuid.uuid4().hex}"
-        self._held: list[str] = [normalize_path(path) for path in adopt[1]] if adopt else []
+        self._held: list[str] = [relative_path(path) for path in adopt[1]] if adopt else []
         self._lost: set[str] = set()
         self._token: int | None = None
         self._mutex = threading.RLock()
@@ -192,7 +180,7 @@ class FileLocks:
 
         Paths we already hold count as free (re-entrant) and get their TTL refreshed.
         """
-        wanted = list(dict.fromkeys(normalize_path(path) for path in paths))
+        wanted = list(dict.fromkeys(relative_path(path) for path in paths))
         deadline = time.monotonic() + max(wait, 0.0)
         delay = 0.01
         while True:
@@ -266,7 +254,7 @@ class FileLocks:
                 client=self.client,
             )
             if int(reply[0]) == 0:
-                return LockHeld(paths[int(reply[1]) - 1], holder_of(_text(reply[2])))
+                return LockHeld(paths[int(reply[1]) - 1], holder_of(reply[2]))
             self._token = int(reply[1])
             for path in paths:
                 self._lost.discard(path)
@@ -278,7 +266,7 @@ class FileLocks:
         pipe = self.client.pipeline(transaction=True)
         for path in paths:
             pipe.hget(self._key(path), "owner")
-        return [None if owner is None else _text(owner) for owner in pipe.execute()]
+        return [None if owner is None else owner for owner in pipe.execute()]
 
     def __repr__(self) -> str:
         return f"<FileLocks {self.repo} owner={self.owner} held={self.held}>"
@@ -401,7 +389,7 @@ def list_locks(client: redis.Redis, keys: Keys) -> list[LockInfo]:
     replies = pipe.execute()
     infos = []
     for fields, pttl in zip(replies[::2], replies[1::2], strict=True):
-        record = {_text(field): _text(value) for field, value in fields.items()}
+        record = dict(fields)
         if "owner" not in record:
             continue  # expired between SCAN and HGETALL
         infos.append(

@@ -19,13 +19,14 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from codeworker import logs, metrics
+from codeworker import logs
 from codeworker.config import Settings
-from codeworker.health import Health
-from codeworker.keys import repo_id
-from codeworker.registry import BranchRegistry, BranchStatus, InvalidTransition, UnknownBranch
+from codeworker.coordination.keys import repo_id
+from codeworker.coordination.registry import BranchRegistry, BranchStatus, InvalidTransition, UnknownBranch
+from codeworker.worker import metrics
+from codeworker.worker.health import Health
 
-log = logging.getLogger("codeworker.http")
+log = logging.getLogger(__name__)
 
 
 @dataclass

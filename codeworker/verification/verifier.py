@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 
-from codeworker.commands import clip
-from codeworker.models import Job, OperationType, TestRun
-from executors.base import Workspace
+from codeworker.executors.base import Workspace
+from codeworker.models import Job, OperationType, TestRun, for_every_type
+from codeworker.sandbox.commands import clip
 
 FAILURE_TEXT = 2_000
 """Characters of one test's failure text kept in a TestRun."""
@@ -399,10 +399,13 @@ def test_rule(context: Context) -> list[str]:
 
 test_rule.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite its name
 
-RULES: dict[OperationType, Rule] = {
-    OperationType.ERROR_FIX: error_fix_rule,
-    OperationType.FEATURE_IMPLEMENTATION: feature_rule,
-    OperationType.REFACTOR: refactor_rule,
-    OperationType.TEST: test_rule,
-}
+RULES: dict[OperationType, Rule] = for_every_type(
+    {
+        OperationType.ERROR_FIX: error_fix_rule,
+        OperationType.FEATURE_IMPLEMENTATION: feature_rule,
+        OperationType.REFACTOR: refactor_rule,
+        OperationType.TEST: test_rule,
+    },
+    "the verification rules",
+)
 """The rule of each operation type."""

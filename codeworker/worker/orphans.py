@@ -13,11 +13,11 @@ import os
 import threading
 from functools import lru_cache
 
-from codeworker.active import ActiveJobs, alive, orphaned_directories
 from codeworker.config import get_settings
-from codeworker.pipeline import Pipeline
+from codeworker.pipeline.service import Pipeline
+from codeworker.worker.journal import ActiveJobs, alive, orphaned_directories
 
-log = logging.getLogger("codeworker.lifecycle")
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)

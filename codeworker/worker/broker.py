@@ -15,7 +15,7 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-log = logging.getLogger("codeworker.broker")
+log = logging.getLogger(__name__)
 
 
 class Channel(kombu_redis.Channel):

@@ -55,7 +55,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from codeworker.commands import with_default_signals
+from codeworker.names import relative_path
+from codeworker.sandbox.commands import with_default_signals
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,14 @@ Severity = Literal["HIGH", "MEDIUM", "LOW"]
 SCANNER_NAME = "trufflehog3"
 """Name of the scanner's console script, in the scanner virtualenv or on PATH."""
 
-DEFAULT_SCANNER = Path(__file__).resolve().parent.parent / ".venv-scanner" / "bin" / SCANNER_NAME
-"""Where ``make scanner`` installs trufflehog3: ``<project root>/.venv-scanner/bin/trufflehog3``."""
+SCANNER_VENV = Path(__file__).resolve().parents[2] / ".venv-scanner"
+"""The virtualenv ``make scanner`` installs trufflehog3 into, next to the package (``<project
+root>/.venv-scanner``); the sandbox hides it from commands."""
 
-RULES_RESOURCE = "rules/secrets.yml"
-"""The rules file, inside the codeworker package (never read from the scanned repository)."""
+DEFAULT_SCANNER = SCANNER_VENV / "bin" / SCANNER_NAME
+
+RULES = resources.files(__package__).joinpath("rules.yml")
+"""The rule pack, inside the package (never read from the scanned repository)."""
 
 BLOCKING_SEVERITIES: frozenset[str] = frozenset({"HIGH"})
 """Findings of these severities stop the commit."""
@@ -233,7 +237,7 @@ class SecretScanner:
             names = _write_tree(tree, segments)
             config = root / "config.yml"
             config.write_text("{}\n", encoding="utf-8")
-            with resources.as_file(resources.files("codeworker").joinpath(RULES_RESOURCE)) as rules:
+            with resources.as_file(RULES) as rules:
                 command = [
                     executable,
                     "--no-history",
@@ -325,14 +329,6 @@ class _Segment:
     size: int = 0
 
 
-def _checked_path(path: str) -> PurePosixPath:
-    """A repository-relative path, after checking it stays inside the repository."""
-    pure = PurePosixPath(path)
-    if not path or "\x00" in path or pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise ValueError(f"not a repository-relative file path: {path!r}")
-    return pure
-
-
 def _numbered_lines(path: str, lines: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
     """A file's added lines in line order, each once, with no character that would split it."""
     by_number: dict[int, str] = {}
@@ -357,12 +353,12 @@ def _windows(text: str) -> Iterator[str]:
 def _segments(files: Mapping[str, Sequence[tuple[int, str]]]) -> list[_Segment]:
     """The added lines cut into scan-tree files of at most about SEGMENT_CHARS characters."""
     segments: list[_Segment] = []
-    seen: dict[PurePosixPath, str] = {}
+    seen: dict[str, str] = {}
     for path, lines in files.items():
-        pure = _checked_path(path)
-        if pure in seen:
-            raise ValueError(f"{path!r} and {seen[pure]!r} are the same file")
-        seen[pure] = path
+        spelling = relative_path(path)
+        if spelling in seen:
+            raise ValueError(f"{path!r} and {seen[spelling]!r} are the same file")
+        seen[spelling] = path
         segment = _Segment(path)
         for number, text in _numbered_lines(path, lines):
             for piece in _windows(text):

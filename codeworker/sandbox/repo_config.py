@@ -16,7 +16,7 @@ expands exponentially, and two strings need none), a file over :data:`MAX_CONFIG
 read whatever it points at). PyYAML's safe loader builds no Python objects (``!!python/...`` tags
 are errors).
 
-:class:`~codeworker.checkout.Checkout` reads the file once, before any command runs: the settings
+:class:`~codeworker.sandbox.checkout.Checkout` reads the file once, before any command runs: the settings
 are the base commit's, and an agent that edits the file cannot change the test command that the
 verification trusts.
 
@@ -39,9 +39,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from codeworker.models import command, shown
+from codeworker.models import command
+from codeworker.names import shown
 
-log = logging.getLogger("codeworker.repo_config")
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = ".codeworker.yml"
 

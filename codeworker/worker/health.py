@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-log = logging.getLogger("codeworker.health")
+log = logging.getLogger(__name__)
 
 
 @dataclass

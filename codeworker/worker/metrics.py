@@ -37,7 +37,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from codeworker.active import alive
+from codeworker.worker.journal import alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
