@@ -322,7 +322,7 @@ def test_broken_scanner_is_a_scan_error(executable: str, message: str) -> None:
 
 @pytest.mark.parametrize("path", ["", "/etc/passwd", "../outside.py", "a/../../b.py", "nul\x00.py"])
 def test_paths_outside_the_repository_are_refused(scanner: SecretScanner, path: str) -> None:
-    with pytest.raises(ValueError, match="repo-relative path|relative to the repository root"):
+    with pytest.raises(ValueError, match=r"repo-relative path|relative to the repository root"):
         scanner.scan({path: [(1, "x = 1")]})
 
 
