@@ -20,7 +20,8 @@ from pathlib import Path
 import pygit2
 from pydantic import SecretStr
 
-from codeworker.git.workspace import GitAuth, Mirrors
+from codeworker.git.auth import GitAuth
+from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
 
 TOKEN = "bench-token-0123456789"

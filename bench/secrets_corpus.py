@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeworker.secrets.scanner import SecretFinding, SecretScanner, blocking
+from codeworker.secrets.findings import SecretFinding, blocking
+from codeworker.secrets.scanner import SecretScanner
 
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 """Directories under the stdlib path that hold third-party or generated files, not the stdlib."""

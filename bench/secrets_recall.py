@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeworker.secrets.scanner import SecretFinding, SecretScanner, blocking
+from codeworker.secrets.findings import SecretFinding, blocking
+from codeworker.secrets.scanner import SecretScanner
 
 DEFAULT_EXAMPLES = Path("/work/shared/secrets-dev/examples.jsonl.gz")
 """The development set; it stays outside the repository, which holds no credential-shaped text."""

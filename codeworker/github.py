@@ -147,12 +147,6 @@ class PullRequests:
                 pull.add_to_labels(*labels)
             return PullRequestRef.of(pull)
 
-    def find_open(self, owner: str, name: str, head: str) -> PullRequestRef | None:
-        """The open PR whose head is ``head`` (a branch of ``owner``, or ``user:branch``), if any."""
-        with self._errors(f"listing open pull requests for {head} on {owner}/{name}"):
-            pull = self._find_open(self._repo(owner, name), owner, head)
-            return None if pull is None else PullRequestRef.of(pull)
-
     # -- private -------------------------------------------------------------------------------
 
     def _repo(self, owner: str, name: str) -> Repository:

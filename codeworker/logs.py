@@ -12,6 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from codeworker.git.auth import basic_credentials
+
+if TYPE_CHECKING:
+    from codeworker.config import Settings
 
 operation_id: ContextVar[str | None] = ContextVar("operation_id", default=None)
 
@@ -33,6 +39,14 @@ def register_secret(value: str) -> None:
     """Never print ``value``: every formatted line and every result error is scrubbed of it."""
     if len(value) >= 8:
         _secrets.add(value)
+
+
+def register_credentials(settings: Settings) -> None:
+    """Register the worker's credentials in every spelling that could reach text: the GitHub token,
+    the token as the Basic credentials git sends, and the Anthropic key."""
+    token = settings.github_token.get_secret_value()
+    for value in (token, basic_credentials(token), settings.anthropic_api_key.get_secret_value()):
+        register_secret(value)
 
 
 def scrub(text: str) -> str:

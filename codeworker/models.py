@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from codeworker.names import OPERATION_ID, OPERATION_ID_RULE, invisible_characters, relative_path, shown
-from codeworker.secrets.scanner import SecretFinding
+from codeworker.secrets.findings import SecretFinding
 
 T = TypeVar("T")
 

@@ -10,7 +10,8 @@ from codeworker.executors.base import Outcome, Workspace
 from ruff.__main__ import find_ruff_bin
 
 from codeworker.models import Job, Verification
-from codeworker.verification.verifier import Verifier, unchanged_outcome
+from codeworker.verification.rules import unchanged_outcome
+from codeworker.verification.verifier import Verifier
 
 
 class AutofixExecutor:
@@ -39,7 +40,6 @@ class AutofixExecutor:
         )
         return Outcome(
             summary=summary,
-            files_changed=changed,
             iterations=1,
             verified=verdict.ok,
             verification=Verification(before=verdict.before, after=verdict.after),

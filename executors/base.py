@@ -60,7 +60,6 @@ class Outcome(BaseModel):
     """What an executor reports back; the pipeline decides what to push."""
 
     summary: str
-    files_changed: list[str] = []
     iterations: int = 1
     verified: bool = True
     verification: Verification = Verification()

@@ -13,7 +13,9 @@ from celery import Task
 
 from codeworker.celery import app
 from codeworker.models import InvalidJob, OperationType, job_argument
-from codeworker.pipeline.service import Progress, RetryOperation, pipeline
+from codeworker.pipeline.errors import RetryOperation
+from codeworker.pipeline.run import Progress
+from codeworker.pipeline.service import pipeline
 
 
 def run_operation(

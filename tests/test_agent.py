@@ -25,7 +25,9 @@ from pydantic import SecretStr
 from codeworker.config import Settings
 from codeworker.loopback.gitserver import GitServer, _git
 from codeworker.models import Job, parse_job
-from codeworker.pipeline.service import OperationDeferred, OperationRun, Pipeline
+from codeworker.pipeline.errors import OperationDeferred
+from codeworker.pipeline.run import OperationRun
+from codeworker.pipeline.service import Pipeline
 from codeworker.replay import RecordedRequest, ReplayServer
 from codeworker.verification.verifier import Verifier as WorkerVerifier
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN

@@ -29,10 +29,12 @@ from codeworker.executors.agent.tools import EDITOR, ToolResult, Tools
 from codeworker.executors.base import Outcome, Workspace
 
 from codeworker.coordination.keys import Keys
-from codeworker.git.workspace import GitError, UnsafeSymlink, Worktree
+from codeworker.git.errors import GitError, UnsafeSymlink
+from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
-from codeworker.pipeline.service import OperationRun, Pipeline
+from codeworker.pipeline.run import OperationRun
+from codeworker.pipeline.service import Pipeline
 from codeworker.sandbox.checkout import Checkout
 from codeworker.verification.verifier import Verifier
 from tests.conftest import GITHUB_TOKEN
@@ -667,7 +669,7 @@ class ShellExecutor:
 
     def run(self, job: Job, workspace: Workspace) -> Outcome:
         workspace.run(self.command)
-        return Outcome(summary="shell change", files_changed=workspace.changed_files())
+        return Outcome(summary="shell change")
 
 
 def run_pipeline(pipe: Pipeline, git_server: GitServer, command: str) -> tuple[dict, str]:

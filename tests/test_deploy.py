@@ -633,10 +633,11 @@ def test_the_build_context_holds_what_the_image_copies():
     assert all((ROOT / source).exists() for source in copied)
     setup = (ROOT / "setup.cfg").read_text()
     assert "file: README.rst" in setup and "README.rst" in copied
-    for package in re.findall(
-        r"^    (\w+)$", setup.split("[options.packages.find]")[1].split("[")[0], re.MULTILINE
-    ):
-        assert package in copied, package
+    # setup.py installs these folders: the package, and the design card's folders it namespaces.
+    namespaced = re.findall(r'"codeworker\.\w+": "(\w+)"', (ROOT / "setup.py").read_text())
+    assert namespaced, "setup.py names the folders it installs under codeworker"
+    for folder in ["codeworker", *namespaced]:
+        assert folder in copied, folder
 
 
 def test_hadolint_finds_nothing():

@@ -12,7 +12,7 @@ from codeworker.executors.base import Executor
 from codeworker.executors.registry import UnknownExecutor, available, load_executor
 
 from codeworker.models import parse_job
-from codeworker.pipeline.service import OperationRun
+from codeworker.pipeline.run import OperationRun
 from tests.support.worker import PLUGINS
 
 UNTIDY = "import os, sys\n\n\ndef answer( ):\n    return   42\n"

@@ -113,30 +113,20 @@ def test_different_heads_get_different_prs(stub: GitHubStub, prs: PullRequests) 
     assert len(stub.pull_requests(OWNER, NAME)) == 2
 
 
-def test_find_open(stub: GitHubStub, prs: PullRequests) -> None:
-    assert prs.find_open(OWNER, NAME, "codeworker/fix-1") is None
-    open_pr(prs, head="codeworker/other")
-    ref = open_pr(prs)
-
-    assert prs.find_open(OWNER, NAME, "codeworker/fix-1") == ref
-    assert prs.find_open(OWNER, NAME, f"{OWNER}:codeworker/fix-1") == ref
-    assert prs.find_open(OWNER, NAME, "codeworker/missing") is None
-
-
 def test_wrong_token_is_a_github_error_with_401_and_no_token(stub: GitHubStub) -> None:
     wrong = "ghp_wrongToken9876543210zyxwvutsrqponmlk"
-    with PullRequests(stub.url, SecretStr(wrong), seconds_between_writes=0.0) as client:
-        with pytest.raises(GitHubError) as caught:
-            open_pr(client)
-        with pytest.raises(GitHubError) as caught_find:
-            client.find_open(OWNER, NAME, "codeworker/fix-1")
+    with (
+        PullRequests(stub.url, SecretStr(wrong), seconds_between_writes=0.0) as client,
+        pytest.raises(GitHubError) as caught,
+    ):
+        open_pr(client)
 
-    for error in (caught.value, caught_find.value):
-        assert error.status == 401
-        assert "401" in str(error)
-        assert "Bad credentials" in str(error)
-        assert wrong not in str(error)
-        assert wrong not in repr(error)
+    error = caught.value
+    assert error.status == 401
+    assert "401" in str(error)
+    assert "Bad credentials" in str(error)
+    assert wrong not in str(error)
+    assert wrong not in repr(error)
     assert stub.pull_requests(OWNER, NAME) == []
 
 
@@ -167,7 +157,7 @@ def test_unreachable_api_is_a_github_error(stub: GitHubStub) -> None:
         PullRequests(url, SecretStr(TOKEN), seconds_between_writes=0.0, timeout=2) as client,
         pytest.raises(GitHubError) as caught,
     ):
-        client.find_open(OWNER, NAME, "codeworker/fix-1")
+        open_pr(client)
     assert caught.value.status is None
     assert TOKEN not in str(caught.value)
 
@@ -185,7 +175,7 @@ def test_configured_write_spacing_reaches_pygithub(stub: GitHubStub) -> None:
 def test_token_goes_in_the_header_never_in_a_path(stub: GitHubStub, prs: PullRequests) -> None:
     stub.fail_next("POST", r"/pulls$")
     open_pr(prs)
-    prs.find_open(OWNER, NAME, "codeworker/fix-1")
+    open_pr(prs)  # "already exists": the open pull request is looked up
 
     assert len(stub.requests) >= 4
     for request in stub.requests:

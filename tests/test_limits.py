@@ -17,7 +17,8 @@ from codeworker.executors.agent.tools import EDITOR, Tools
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import BranchStatus
-from codeworker.git.workspace import Mirrors, RepositoryTooLarge
+from codeworker.git.errors import RepositoryTooLarge
+from codeworker.git.mirrors import Mirrors
 from codeworker.pipeline.service import Pipeline
 from codeworker.sandbox.checkout import Checkout
 from tests.plugins.cw_scripted import ScriptedExecutor

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from codeworker.coordination.keys import Keys
-from codeworker.coordination.locks import FileLocks, LockHeld, LockLost, LockWatchdog, list_locks
+from codeworker.coordination.locks import FileLocks, LockHeld, LockLost, list_locks
+from codeworker.coordination.watchdog import LockWatchdog
 from tests.support.waiting import wait_until
 
 REPO = "github.com/acme/app"

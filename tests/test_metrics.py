@@ -20,7 +20,7 @@ RECORD = textwrap.dedent(
     import sys
     from codeworker.worker import metrics
     from codeworker.models import Usage
-    from codeworker.secrets.scanner import SecretFinding
+    from codeworker.secrets.findings import SecretFinding
 
     finding = dict(path="a.py", line=1, rule="aws", redacted="AKIA****")
     metrics.job_started("refactor", redelivered=True)

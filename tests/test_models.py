@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codeworker.models import InvalidJob, Job, parse_job
+from codeworker.models import InvalidJob, Job, OperationType, for_every_type, parse_job
 
 ALLOWED = ["https://github.com/"]
 
@@ -166,3 +166,19 @@ def test_errors_do_not_echo_a_huge_value():
         )
     )
     assert all(len(message) < 300 for message in fields.values()), fields
+
+
+def test_every_operation_type_has_its_task_on_the_queue() -> None:
+    from codeworker.celery import app
+
+    app.loader.import_default_modules()
+    for kind in OperationType:
+        assert app.tasks[kind.task_name].name == f"codeworker.{kind.value}"
+        assert OperationType.of_task(kind.task_name) is kind
+    assert OperationType.of_task("codeworker.health_probe") is None
+
+
+def test_a_table_that_misses_an_operation_type_is_refused_at_import() -> None:
+    table = {kind: kind.value for kind in OperationType if kind is not OperationType.REFACTOR}
+    with pytest.raises(TypeError, match="the example table has no entry for refactor"):
+        for_every_type(table, "the example table")

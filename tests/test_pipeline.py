@@ -17,7 +17,9 @@ from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import BranchStatus
 from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
-from codeworker.pipeline.service import OperationDeferred, OperationRun, Pipeline, Progress, branch_name
+from codeworker.pipeline.errors import OperationDeferred
+from codeworker.pipeline.run import OperationRun, Progress, branch_name
+from codeworker.pipeline.service import Pipeline
 
 APP_PY = "def answer():\n    return 42\n"
 
@@ -32,7 +34,7 @@ class FnExecutor:
 
     def run(self, job: Job, workspace: Workspace) -> Outcome:
         self.work(workspace)
-        return Outcome(summary="test change", files_changed=workspace.changed_files())
+        return Outcome(summary="test change")
 
 
 @pytest.fixture()

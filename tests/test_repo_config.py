@@ -21,10 +21,11 @@ import yaml
 from codeworker.executors.base import Outcome, Workspace
 
 from codeworker.coordination.keys import Keys
-from codeworker.git.workspace import Worktree
+from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
-from codeworker.pipeline.service import OperationRun, Pipeline
+from codeworker.pipeline.run import OperationRun
+from codeworker.pipeline.service import Pipeline
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.repo_config import MAX_CONFIG_BYTES, RepoConfig, RepoConfigError, load_repo_config
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
@@ -271,7 +272,7 @@ class WriteExecutor:
     def run(self, job: Job, workspace: Workspace) -> Outcome:
         for path, content in self.files.items():
             workspace.write_file(path, content)
-        return Outcome(summary="wrote files", files_changed=workspace.changed_files())
+        return Outcome(summary="wrote files")
 
 
 def run_job(pipe: Pipeline, git_server: GitServer, config: str, files: dict[str, str]) -> tuple[dict, str]:

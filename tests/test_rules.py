@@ -1,4 +1,4 @@
-"""The secret rule pack (codeworker/rules/secrets.yml): its shape, and what it finds through the real
+"""The secret rule pack (codeworker/secrets/rules.yml): its shape, and what it finds through the real
 trufflehog3 subprocess.
 
 No credential-shaped string appears in this file: every token is assembled at run time from a
@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from bench import secrets_corpus, secrets_recall
-from codeworker.secrets.scanner import RULES, WINDOW_OVERLAP, SecretFinding, SecretScanner, blocking
+from codeworker.secrets.findings import SecretFinding, blocking
+from codeworker.secrets.scanner import RULES, SecretScanner
+from codeworker.secrets.segments import WINDOW_OVERLAP
 
 ALNUM = string.ascii_letters + string.digits
 HEX = "0123456789abcdef"

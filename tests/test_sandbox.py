@@ -23,9 +23,10 @@ import yaml
 from codeworker.config import Settings, SetupNetwork
 from codeworker.coordination.keys import repo_id
 from codeworker.loopback.gitserver import GitServer
-from codeworker.sandbox.bubblewrap import SandboxUnavailable, SetupFailed, check_sandbox
+from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.commands import CommandResult, run_process
+from codeworker.sandbox.setup_cache import SetupFailed
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.checkouts import FILES, Checkouts, sandbox_settings
 from tests.support.waiting import wait_until

@@ -15,16 +15,9 @@ from pathlib import Path
 import pytest
 
 import codeworker.secrets.scanner as scanner_module
-from codeworker.secrets.scanner import (
-    MAX_LINE_CHARS,
-    SEGMENT_CHARS,
-    ScanError,
-    SecretFinding,
-    SecretScanner,
-    blocking,
-    key_file_glob,
-    scanner_env,
-)
+from codeworker.secrets.findings import ScanError, SecretFinding, blocking, key_file_glob
+from codeworker.secrets.scanner import SecretScanner, scanner_env
+from codeworker.secrets.segments import MAX_LINE_CHARS, SEGMENT_CHARS
 
 AWS_KEY_ID = "AKIA" + "Q3EGUZ7X" + "WB4RJ2KD"
 AWS_SECRET = "wJalrXUt" + "nFEMIK7MDENGbPxRfiCY" + "zq8Hw3Lk1Tv9"
@@ -133,9 +126,10 @@ def test_modern_tokens_are_high(scanner: SecretScanner, token: str, rule: str) -
 
 
 def test_clean_code_has_no_blocking_finding(scanner: SecretScanner) -> None:
-    source = Path(scanner_module.__file__).read_text()
+    package = Path(scanner_module.__file__).parent  # the scanner's own modules (rules, placeholders)
+    sources = {module.name: numbered(module.read_text()) for module in sorted(package.glob("*.py"))}
 
-    findings = scanner.scan({"app/settings.py": numbered(CLEAN_CODE), "scanner.py": numbered(source)})
+    findings = scanner.scan({"app/settings.py": numbered(CLEAN_CODE), **sources})
 
     assert blocking(findings) == []
 

@@ -13,11 +13,12 @@ from pydantic import SecretStr
 from codeworker.config import Settings
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
-from codeworker.git.workspace import Mirrors
+from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, TestRun, parse_job
 from codeworker.sandbox.checkout import Checkout
-from codeworker.verification.verifier import Verdict, Verifier, parse_junit
+from codeworker.verification.junit import parse_junit
+from codeworker.verification.verifier import Verdict, Verifier
 from tests.conftest import GITHUB_TOKEN
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b  # bug\n"

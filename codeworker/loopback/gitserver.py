@@ -11,7 +11,6 @@ test, and it must not share code paths with the pygit2 workspace it checks.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import os
 import stat
@@ -24,6 +23,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO
 
+from codeworker.git.auth import basic_credentials
 from codeworker.loopback.server import LoopbackServer
 
 _HTTP_BACKEND = (
@@ -180,7 +180,7 @@ class GitServer(LoopbackServer):
         super().__init__()
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        self._expected = f"Basic {basic_credentials(token)}"
         self.requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from codeworker.executors.base import Outcome
 from codeworker.models import Job, TestRun
-from codeworker.secrets.scanner import SecretFinding
+from codeworker.secrets.findings import SecretFinding
 
 TITLE_LENGTH = 72
 

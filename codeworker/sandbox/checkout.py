@@ -11,13 +11,14 @@ from pathlib import Path, PurePosixPath
 from codeworker.config import Settings
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.locks import FileLocks
-from codeworker.git.workspace import Worktree
+from codeworker.git.worktree import Worktree
 from codeworker.names import relative_path, shown
-from codeworker.sandbox.bubblewrap import CacheMount, GitView, Sandbox, SetupCache, SetupFailed
+from codeworker.sandbox.bubblewrap import GitView, Sandbox
 from codeworker.sandbox.commands import CommandResult
 from codeworker.sandbox.repo_config import load_repo_config, setup_plan, test_command_for
+from codeworker.sandbox.setup_cache import CacheMount, SetupCache, SetupFailed
 
-__all__ = ["Checkout", "PathEscape", "SetupFailed", "UnusablePath"]
+__all__ = ["Checkout", "PathEscape", "UnusablePath"]
 
 NAME_MAX = 255
 """Bytes in one file name (Linux): a longer one fails deep inside open() with a bare ENAMETOOLONG."""

@@ -49,11 +49,12 @@ def command_env(home: Path) -> dict[str, str]:
 
 
 def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
-    """Head and tail of long output, with a note of what was cut."""
+    """Head and tail of long output (a command's, a test's failure, an agent tool's), with a note of
+    what was cut."""
     if len(text) <= limit:
         return text
     half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - limit} characters cut ...]\n{text[-half:]}"
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
 
 def run_command(command: str | Sequence[str], cwd: Path, timeout: float, home: Path) -> CommandResult:

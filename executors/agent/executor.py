@@ -7,7 +7,6 @@ remain. Budgets stop the loop early, with the work so far reported unverified.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,7 +18,6 @@ from codeworker.executors.agent.tools import Tools
 from codeworker.executors.agent.trajectory import Trajectory
 from codeworker.executors.base import Outcome, Workspace
 
-from codeworker import logs
 from codeworker.config import Settings, get_settings
 from codeworker.models import Job, TestRun, Verification
 from codeworker.verification.verifier import Verifier as WorkerVerifier
@@ -76,7 +74,6 @@ class AgentExecutor:
     def run(self, job: Job, workspace: Workspace) -> Outcome:
         settings = self.settings
         ledger = Ledger(settings)  # an unpriced model is refused before anything runs
-        _register_secrets(settings)
         trajectory = Trajectory(settings.trajectory_dir, job.operation_id)
         try:
             trajectory.record("job", model=settings.model, job=job.model_dump(mode="json"))
@@ -131,7 +128,6 @@ class AgentExecutor:
         assert verdict is not None
         outcome = Outcome(
             summary=_summary(agent.final_text, verdict, stopped, iteration, max_iterations),
-            files_changed=workspace.changed_files(),
             iterations=iteration,
             verified=verdict.ok and stopped is None,
             verification=Verification(before=verdict.before or baseline, after=verdict.after),
@@ -153,14 +149,6 @@ def _summary(final: str, verdict: Verdict, stopped: str | None, iteration: int, 
     if verdict.reasons:
         lines.append("Verification: " + "; ".join(verdict.reasons))
     return "\n\n".join(lines)
-
-
-def _register_secrets(settings: Settings) -> None:
-    """The trajectory is scrubbed of these (the pipeline registers them too; a set makes it idempotent)."""
-    token = settings.github_token.get_secret_value()
-    logs.register_secret(token)
-    logs.register_secret(base64.b64encode(f"x-access-token:{token}".encode()).decode())
-    logs.register_secret(settings.anthropic_api_key.get_secret_value())
 
 
 __all__: list[Any] = ["AgentExecutor"]

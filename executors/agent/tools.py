@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from codeworker.executors.base import Workspace
 
 from codeworker.coordination.locks import LockHeld
+from codeworker.sandbox.commands import clip
 
 EDITOR = "str_replace_based_edit_tool"
 BASH = "bash"
@@ -51,15 +52,6 @@ class Environment(Protocol):
     definitions: list[dict[str, Any]]
 
     def call(self, name: str, tool_input: dict[str, Any]) -> ToolResult: ...
-
-
-def clip(text: str, limit: int) -> str:
-    """Head and tail of a long tool output, with a note of what was cut."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    cut = len(text) - 2 * half
-    return f"{text[:half]}\n[... {cut} characters cut from the middle of this output ...]\n{text[-half:]}"
 
 
 def numbered(lines: list[str], first: int = 1) -> str:

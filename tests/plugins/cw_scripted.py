@@ -38,7 +38,6 @@ class ScriptedExecutor:
             )
         return Outcome(
             summary=f"scripted change to {len(workspace.changed_files())} file(s)",
-            files_changed=workspace.changed_files(),
             iterations=1,
             verified=script.get("verified", True),
             verification=Verification(before=None, after=after),

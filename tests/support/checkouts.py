@@ -13,7 +13,8 @@ from pydantic import SecretStr
 from codeworker.config import Settings
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
-from codeworker.git.workspace import Mirrors, Worktree
+from codeworker.git.mirrors import Mirrors
+from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
 from codeworker.sandbox.checkout import Checkout
 

@@ -1,0 +1,279 @@
+"""The git workspace: one shared bare mirror per repository, one pygit2 worktree per job.
+
+Why this shape:
+
+- A mirror per repository means a second job on the same repository fetches a few objects instead of
+  cloning again. Several worker processes on one machine share ``WORKSPACE_ROOT``, so every fetch and
+  every worktree creation or removal runs under an exclusive ``flock`` on a file next to the mirror.
+- The mirror's fetch refspec is ``+refs/heads/*:refs/remotes/origin/*``: job branches live as local
+  ``refs/heads/*`` and a fetch can never clobber them (:mod:`codeworker.git.remote`).
+- Network operations authenticate through :mod:`codeworker.git.auth`; what a job does in its
+  checkout is :mod:`codeworker.git.worktree`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pygit2
+from pydantic import SecretStr
+from pygit2.enums import FetchPrune
+
+from codeworker.coordination.keys import repo_id
+from codeworker.git.auth import GitAuth, SizeLimitedFetch, set_timeouts
+from codeworker.git.errors import (
+    AuthenticationFailed,
+    BaseBranchMissing,
+    GitError,
+    InvalidRepository,
+    PushRejected,
+    RepositoryTooLarge,
+)
+from codeworker.git.remote import FETCH_REFSPEC, REMOTE, clean_url, remote_tip
+from codeworker.git.worktree import Worktree
+from codeworker.names import is_operation_id
+
+__all__ = ["Mirrors"]
+
+_SAFE_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
+# libgit2 1.9 messages when it refuses a non-forced push whose remote ref moved on.
+_NON_FAST_FORWARD_HINTS = ("non-fastforwardable", "non-fast-forward", "not present locally")
+
+
+def _mirror_relpath(url: str) -> Path:
+    """``host/owner/name.git`` for a URL, refusing anything that could escape the mirrors root."""
+    segments = repo_id(url).split("/")
+    # host, owner (or group path), name: a bare host or a one-level path is not a repository.
+    if len(segments) < 3 or not all(_SAFE_SEGMENT.match(s) and ".." not in s for s in segments):
+        raise InvalidRepository(f"repository URL has an unusable path: {repo_id(url)!r}")
+    *parents, name = segments
+    return Path(*parents, f"{name}.git")
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes *and* threads (each call opens its own file description)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class Mirrors:
+    """The bare mirrors and job worktrees under one workspace root."""
+
+    def __init__(
+        self,
+        root: Path,
+        token: SecretStr | str,
+        connect_timeout_ms: int = 10_000,
+        read_timeout_ms: int = 120_000,
+        max_repo_bytes: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        self.max_repo_bytes = max_repo_bytes
+        """Largest repository accepted, in bytes of git objects and of checked-out files; 0: any."""
+        set_timeouts(connect_timeout_ms, read_timeout_ms)
+
+    def __repr__(self) -> str:
+        return f"Mirrors(root={self.root!r})"
+
+    # -- paths ------------------------------------------------------------------------------------
+
+    def mirror_path(self, url: str) -> Path:
+        return self.root / "mirrors" / _mirror_relpath(url)
+
+    def worktree_path(self, operation_id: str) -> Path:
+        _check_operation_id(operation_id)
+        return self.root / "worktrees" / operation_id
+
+    def _lock_path(self, mirror: Path) -> Path:
+        return mirror.with_name(mirror.name + ".lock")
+
+    @contextmanager
+    def locked(self, url: str) -> Iterator[Path]:
+        """Hold the repository's mirror lock; yields the mirror path."""
+        mirror = self.mirror_path(url)
+        with _flock(self._lock_path(mirror)):
+            yield mirror
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def checkout(self, url: str, base: str, branch: str, operation_id: str) -> Worktree:
+        """Fetch, then give the job a fresh worktree on a new ``branch`` starting at ``origin/base``.
+
+        Leftovers of an earlier crashed attempt of the same operation (its worktree, its branch)
+        are replaced, so a redelivered job starts clean.
+        """
+        _check_branch(branch)
+        _check_branch(base)
+        path = self.worktree_path(operation_id)
+        with self.locked(url) as mirror:
+            repo = self._open_or_init(mirror, url)
+            self._fetch(repo, url)
+            base_commit = remote_tip(repo, base)
+            if base_commit is None:
+                raise BaseBranchMissing(clean_url(url), base)
+            self._check_checkout_size(repo, repo[base_commit].peel(pygit2.Tree), url)
+            _drop_worktree(repo, operation_id, path)
+            # With the old worktree gone nobody commits on the branch; its lock is a crash leftover.
+            (mirror / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                ref = repo.create_branch(branch, repo[base_commit], True)
+                repo.add_worktree(operation_id, str(path), ref)
+            except pygit2.GitError as exc:
+                raise GitError(f"cannot create worktree for {branch}: {exc}") from exc
+        return Worktree(self, url, path, branch, base, str(base_commit), operation_id)
+
+    def fetch(self, url: str) -> None:
+        """Bring the mirror of ``url`` up to date (creating it on first use)."""
+        with self.locked(url) as mirror:
+            self._fetch(self._open_or_init(mirror, url), url)
+
+    # -- used by Worktree -------------------------------------------------------------------------
+
+    def auth(self) -> GitAuth:
+        return GitAuth(self._token)
+
+    def _open_or_init(self, mirror: Path, url: str) -> pygit2.Repository:
+        """Open the mirror, creating it on first use. Caller holds the lock.
+
+        Also repairs what a worker killed mid-way may have left: a mirror without its remote,
+        and git's own ``*.lock`` files on refs that only lock holders write.
+        """
+        if (mirror / "HEAD").exists():
+            repo = pygit2.Repository(str(mirror))
+        else:
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            repo = pygit2.init_repository(str(mirror), bare=True)
+        if REMOTE not in repo.remotes.names():
+            repo.remotes.create(REMOTE, clean_url(url), FETCH_REFSPEC)
+        _clear_stale_ref_locks(mirror)
+        return repo
+
+    def _fetch(self, repo: pygit2.Repository, url: str) -> None:
+        """Fetch every branch; prune so a deleted base branch is noticed. Caller holds the lock.
+
+        With ``max_repo_bytes`` set, the mirror's objects are measured before (a mirror already
+        over the limit fails without a network round trip), during (the transfer is aborted) and
+        after the fetch (the pack index, and bases libgit2 appends to a thin pack, were not sent).
+        """
+        callbacks = self.auth()
+        if self.max_repo_bytes:
+            stored = self._check_objects_size(repo, url)
+            callbacks = SizeLimitedFetch(self._token, clean_url(url), stored, self.max_repo_bytes)
+        try:
+            repo.remotes[REMOTE].fetch(callbacks=callbacks, prune=FetchPrune.PRUNE)
+        except (AuthenticationFailed, RepositoryTooLarge):
+            raise
+        except pygit2.GitError as exc:
+            raise GitError(f"fetch from {clean_url(url)} failed: {exc}") from exc
+        if self.max_repo_bytes:
+            self._check_objects_size(repo, url)
+
+    def _check_objects_size(self, repo: pygit2.Repository, url: str) -> int:
+        """Bytes of the mirror's object store (packs and loose objects); raises over the limit."""
+        objects = Path(repo.path) / "objects"
+        size = sum(entry.stat().st_size for entry in objects.rglob("*") if entry.is_file())
+        if size > self.max_repo_bytes:
+            raise RepositoryTooLarge(clean_url(url), "its git objects", size, self.max_repo_bytes)
+        return size
+
+    def _check_checkout_size(self, repo: pygit2.Repository, tree: pygit2.Tree, url: str) -> None:
+        """Raise before a checkout would write more than the limit: a small, well-compressed pack
+        can hold a checkout many times its size. Blob sizes come from object headers, unread."""
+        if not self.max_repo_bytes:
+            return
+        size = 0
+        pending = [tree]
+        while pending:
+            for entry in pending.pop():
+                if entry.type == pygit2.enums.ObjectType.TREE:
+                    pending.append(repo[entry.id])
+                elif entry.type == pygit2.enums.ObjectType.BLOB:
+                    size += repo.odb.read_header(entry.id)[1]
+                    if size > self.max_repo_bytes:
+                        raise RepositoryTooLarge(
+                            clean_url(url), "its checked-out files", size, self.max_repo_bytes
+                        )
+
+    def push_refspec(self, repo: pygit2.Repository, url: str, refspec: str) -> None:
+        """Push one refspec; a ref the server (or libgit2's fast-forward check) refused raises.
+
+        Not under the mirror lock: pushing only reads objects and updates one remote-tracking ref,
+        and serialising pushes would serialise every job on a repository for a network round trip.
+        """
+        auth = self.auth()
+        dst = refspec.rsplit(":", 1)[-1]
+        try:
+            repo.remotes[REMOTE].push([refspec], callbacks=auth)
+        except AuthenticationFailed:
+            raise
+        except pygit2.GitError as exc:
+            # libgit2's own refusal of a non-fast-forward (checked against the advertised remote
+            # ref) is a rejection too: the base moved after our fetch.
+            if any(hint in str(exc) for hint in _NON_FAST_FORWARD_HINTS):
+                raise PushRejected(dst, str(exc)) from exc
+            raise GitError(f"push of {dst} to {clean_url(url)} failed: {exc}") from exc
+        if auth.rejected:
+            ref, reason = next(iter(auth.rejected.items()))
+            detail = "".join(auth.remote_messages).strip()
+            raise PushRejected(ref, f"{reason}: {detail}" if detail else reason)
+
+    def discard(self, url: str, operation_id: str, branch: str) -> None:
+        """Remove an operation's worktree and local branch without its Worktree object (cleanup
+        after a job whose process was killed)."""
+        self.release(url, operation_id, self.worktree_path(operation_id), branch)
+
+    def release(self, url: str, operation_id: str, path: Path, branch: str) -> None:
+        """Undo a checkout (directory, worktree record, local branch); each step tolerates absence."""
+        with self.locked(url) as mirror:
+            if not (mirror / "HEAD").exists():
+                shutil.rmtree(path, ignore_errors=True)
+                return
+            repo = pygit2.Repository(str(mirror))
+            _drop_worktree(repo, operation_id, path)
+            ref = repo.references.get(f"refs/heads/{branch}")
+            if ref is not None:
+                ref.delete()
+
+
+def _check_operation_id(operation_id: str) -> None:
+    if not is_operation_id(operation_id):
+        raise InvalidRepository(f"operation id {operation_id!r} is not usable as a worktree name")
+
+
+def _check_branch(branch: str) -> None:
+    if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
+        raise InvalidRepository(f"not a valid branch name: {branch!r}")
+
+
+def _clear_stale_ref_locks(mirror: Path) -> None:
+    """Delete lock files of refs that are only written under our flock, which we now hold.
+
+    Remote-tracking refs and ``packed-refs`` change only in fetch and branch deletion, both done
+    under the mirror lock, so a lock file there belongs to a process that died holding it; left
+    alone it would fail every later fetch. Job branches' locks are not touched: a running job in
+    another process may be committing.
+    """
+    stale = [mirror / "packed-refs.lock", *(mirror / "refs" / "remotes").rglob("*.lock")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _drop_worktree(repo: pygit2.Repository, name: str, path: Path) -> None:
+    """Delete a worktree's directory and its registration in the mirror. Caller holds the lock."""
+    shutil.rmtree(path, ignore_errors=True)
+    if name in repo.list_worktrees():
+        repo.lookup_worktree(name).prune(True)

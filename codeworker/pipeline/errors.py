@@ -1,0 +1,68 @@
+"""The errors that steer a job: those that end it with a status of their own, and those that send
+it back to the queue for later."""
+
+from __future__ import annotations
+
+from codeworker.executors.base import RetryLater
+from codeworker.models import Status
+from codeworker.secrets.findings import SecretFinding
+
+
+class RetryOperation(Exception):
+    """The job cannot run now; the task retries it after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class OperationBusy(RetryOperation):
+    """The operation is running elsewhere with a live heartbeat."""
+
+    def __init__(self, operation_id: str, holder: str | None, retry_after: float) -> None:
+        super().__init__(
+            f"operation {operation_id} is running on {holder}; retry in {retry_after:.0f}s", retry_after
+        )
+
+
+class OperationDeferred(RetryOperation):
+    """The executor asked to come back later (model API overloaded); the workspace is clean."""
+
+
+def deferral_delay(attempt: int, asked: float) -> float:
+    """Exponential backoff (30 s, 60 s, ... up to 10 min), never sooner than the API asked."""
+    return max(asked, min(600.0, 30.0 * 2**attempt))
+
+
+class StageFailed(Exception):
+    """A failure the result reports with its own status (blocked, conflict, no changes...)."""
+
+    def __init__(self, status: Status, message: str, findings: list[SecretFinding] | None = None) -> None:
+        self.status = status
+        self.findings = findings or []
+        super().__init__(message)
+
+
+class ChangeTooLarge(StageFailed):
+    """The executor's change is over ``max_diff_bytes`` or ``max_changed_files``: nothing is pushed.
+
+    Blocked rather than failed, as a secret is: the change exists, a policy keeps it off the remote.
+    """
+
+    def __init__(self, what: str, size: int, limit: int, setting: str) -> None:
+        super().__init__(
+            Status.BLOCKED,
+            f"the change is too large to push: {size:,} {what}, over the limit of {limit:,} ({setting})",
+        )
+
+
+def ending(exc: Exception, final_attempt: bool, max_deferrals: int) -> StageFailed | None:
+    """How ``exc`` ends a run: the failure its result reports, or None when the executor's
+    RetryLater sends the job back to the queue (it was not the ``final_attempt``)."""
+    if isinstance(exc, StageFailed):
+        return exc
+    if isinstance(exc, RetryLater):
+        if not final_attempt:
+            return None
+        return StageFailed(Status.FAILED, f"{exc}; gave up after {max_deferrals} retries")
+    return StageFailed(Status.FAILED, f"{type(exc).__name__}: {exc}")

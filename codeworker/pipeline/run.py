@@ -1,0 +1,260 @@
+"""One job's trip through the stages (:mod:`codeworker.pipeline.stages`).
+
+Everything a stage acquires (the worktree, the branch record, the locks, the command home) goes on
+one undo stack (:class:`contextlib.ExitStack`) the moment it is acquired, so every exit path, a
+cancelled job's ``SystemExit`` included, releases exactly what was taken, newest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from codeworker import logs
+from codeworker.coordination.keys import repo_id
+from codeworker.coordination.locks import FileLocks
+from codeworker.coordination.registry import BranchStatus
+from codeworker.coordination.watchdog import LockWatchdog
+from codeworker.executors.base import Executor, Outcome, RetryLater
+from codeworker.git.worktree import Worktree
+from codeworker.models import Job, PullRequestInfo, Result, Status, Usage, Verification
+from codeworker.pipeline import stages
+from codeworker.pipeline.errors import StageFailed, ending
+from codeworker.sandbox.checkout import Checkout
+from codeworker.secrets.findings import SecretFinding
+from codeworker.worker import metrics
+from codeworker.worker.journal import ActiveJob
+
+if TYPE_CHECKING:
+    from codeworker.pipeline.service import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class Progress(BaseModel):
+    """What a task publishes as its PROGRESS state (Flower, ``AsyncResult.info``)."""
+
+    operation_id: str
+    stage: str
+    iteration: int = 0
+    max_iterations: int = 0
+    branch: str | None = None
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+def branch_name(job: Job) -> str:
+    """``codeworker/<operation_type>/<short id>-<slug>``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", job.description.lower()).strip("-")[:40].strip("-") or "change"
+    short = re.sub(r"[^A-Za-z0-9]", "", job.operation_id)[:8] or "op"
+    return f"codeworker/{job.operation_type}/{short}-{slug}"
+
+
+class OperationRun:
+    """One attempt of one job: its state as the stages fill it in, and its undo stack."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        job: Job,
+        executor: Executor,
+        owner: str,
+        progress: ProgressSink | None,
+        started: float,
+    ) -> None:
+        self.p = pipeline
+        self.job = job
+        self.executor = executor
+        self.owner = owner
+        self.progress = progress
+        self.started = started
+        self.started_wall = time.time() - (time.monotonic() - started)
+        self.repo = repo_id(job.repository.url)
+        self.branch = branch_name(job)
+        self.locks = FileLocks(
+            pipeline.redis, pipeline.keys, self.repo, job.operation_id, pipeline.settings.lock_ttl
+        )
+        self.watchdog = LockWatchdog(
+            self.locks,
+            interval=min(pipeline.settings.lock_ttl, pipeline.settings.claim_ttl) / 3,
+            also=[lambda: pipeline.claims.heartbeat(job.operation_id, owner)],
+        )
+        self.undo = ExitStack()
+        self.final_attempt = True
+        self.stage: str | None = None
+        self.stage_started = 0.0
+        self._worktree: Worktree | None = None
+        self._checkout: Checkout | None = None
+        self.outcome: Outcome | None = None
+        self.files: list[str] = []
+        self.findings: list[SecretFinding] = []
+        self.commits: list[str] = []
+        """Shas on the branch, once it is pushed."""
+
+    @property
+    def max_iterations(self) -> int:
+        return self.job.max_iterations or self.p.settings.default_max_iterations
+
+    @property
+    def worktree(self) -> Worktree:
+        if self._worktree is None:
+            raise RuntimeError("the job has no worktree before the checkout stage")
+        return self._worktree
+
+    @worktree.setter
+    def worktree(self, worktree: Worktree) -> None:
+        self._worktree = worktree
+
+    @property
+    def checkout(self) -> Checkout:
+        if self._checkout is None:
+            raise RuntimeError("the job has no checkout before the lock stage")
+        return self._checkout
+
+    @checkout.setter
+    def checkout(self, checkout: Checkout) -> None:
+        self._checkout = checkout
+
+    def on_exit(self, undo: Callable[[], object]) -> None:
+        """Run ``undo`` when the run ends, whatever happened, after everything acquired later."""
+        self.undo.callback(quietly, undo)
+
+    def execute(self, final_attempt: bool = True) -> dict[str, Any]:
+        """The result of the job. Raises RetryLater (after cleaning up) when the executor asks to
+        come back later and this is not the ``final_attempt``."""
+        self.final_attempt = final_attempt
+        self._journal("claim")
+        try:
+            with self.undo:
+                self.undo.enter_context(self.watchdog)
+                result = self._run_stages()
+        except Exception as exc:  # the job ends with a result whatever broke; the log keeps the trace
+            failure = self._ending(exc)
+            if failure is None:
+                raise
+            if not isinstance(exc, (StageFailed, RetryLater)):
+                log.exception("operation failed in an unexpected way")
+            result = self._failed(failure)
+        finally:
+            self._end_stage()
+            if self.outcome is not None:
+                metrics.model_usage(self.p.settings.model, self.outcome.usage)
+        return result.model_dump(mode="json")
+
+    def _run_stages(self) -> Result:
+        for stage in stages.BEFORE_DELIVERY:
+            self.enter(stage.__name__)
+            stage(self)
+        deliver = stages.pull_request if self.job.approval_required else stages.merge
+        self.enter(deliver.__name__)
+        return deliver(self)
+
+    def enter(self, stage: str) -> None:
+        """Start ``stage``: time it, log it, journal it and publish it as the task's progress."""
+        self._end_stage()
+        self.stage, self.stage_started = stage, time.monotonic()
+        log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
+        self._journal(stage)
+        if self.progress is not None:
+            self.progress(
+                Progress(
+                    operation_id=self.job.operation_id,
+                    stage=stage,
+                    iteration=self.outcome.iterations if self.outcome else 0,
+                    max_iterations=self.max_iterations,
+                    branch=self.branch,
+                )
+            )
+
+    def _end_stage(self) -> None:
+        if self.stage is not None:
+            metrics.stage_duration(self.stage, time.monotonic() - self.stage_started)
+            self.stage = None
+
+    def _journal(self, stage: str) -> None:
+        self.p.journal.write(
+            ActiveJob(
+                operation_id=self.job.operation_id,
+                operation_type=self.job.operation_type,
+                repository=self.job.repository.url,
+                repo=self.repo,
+                branch=self.branch,
+                claim_owner=self.owner,
+                lock_owner=self.locks.owner,
+                locked=self.locks.held,
+                worktree=str(self._worktree.path) if self._worktree else None,
+                stage=stage,
+                iteration=self.outcome.iterations if self.outcome else 0,
+                max_iterations=self.max_iterations,
+                started_at=self.started_wall,
+                pid=os.getpid(),
+            )
+        )
+
+    def _ending(self, exc: Exception) -> StageFailed | None:
+        return ending(exc, self.final_attempt, self.p.settings.max_deferrals)
+
+    def settle_branch(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """The undo of registering the branch: a run that raises past it leaves the record failed,
+        or abandoned when the job is deferred. A job cancelled by a shutdown (``SystemExit``) keeps
+        its record live for the main process to abandon."""
+        if not isinstance(exc, Exception):
+            return
+        failure = self._ending(exc)
+        if failure is None:
+            self._mark_branch(BranchStatus.ABANDONED, f"deferred: {exc}")
+        else:
+            self._mark_branch(BranchStatus.FAILED, str(failure))
+
+    def _mark_branch(self, status: BranchStatus, error: str) -> None:
+        try:
+            self.p.registry.transition(self.repo, self.branch, status, error=logs.scrub(error)[:2000])
+        except Exception:  # already in a final state (e.g. pushed, then PR failed): keep it
+            log.info("branch record kept its status", exc_info=True)
+
+    def result(self, status: Status, pr: PullRequestInfo | None = None, error: str | None = None) -> Result:
+        outcome = self.outcome
+        verified = outcome is not None and outcome.verified
+        if error is None and not verified and status not in (Status.FAILED, Status.INVALID):
+            error = "verification failed: the change did not keep the tests as they were"
+        return Result(
+            success=error is None,
+            operation_id=self.job.operation_id,
+            status=status,
+            branch=self.branch,
+            commits=self.commits,
+            pr=pr,
+            files_modified=self.files,
+            iterations=outcome.iterations if outcome else 0,
+            duration=round(time.monotonic() - self.started, 3),
+            error=logs.scrub(error) if error else None,
+            verification=outcome.verification if outcome else Verification(),
+            usage=outcome.usage if outcome else Usage(),
+            secret_findings=self.findings,
+            summary=outcome.summary if outcome else "",
+        )
+
+    def _failed(self, failure: StageFailed) -> Result:
+        log.warning("operation failed: %s", failure, extra={"status": failure.status})
+        self.findings = failure.findings
+        return self.result(failure.status, error=str(failure))
+
+
+def quietly(step: Callable[[], object]) -> None:
+    """Run one cleanup step; one that fails is logged, so the steps after it still run and the
+    job's result stands."""
+    try:
+        step()
+    except Exception:
+        log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))

@@ -1,0 +1,219 @@
+"""The stages of one job, in order. Each takes the run, does one thing, and puts what it acquires
+on the run's undo stack at the moment it acquires it.
+
+    checkout -> register -> lock -> setup -> execute -> scan -> commit -> push
+    -> pull_request (approval required) or merge
+
+A stage's function name is the stage's name in the journal, the task's progress and the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from codeworker.coordination.registry import BranchRecord, BranchStatus
+from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
+from codeworker.github import GitHubError
+from codeworker.models import PullRequestInfo, Result, Status
+from codeworker.pipeline.errors import ChangeTooLarge, StageFailed
+from codeworker.pipeline.report import commit_message, pr_body, pr_title
+from codeworker.sandbox.checkout import Checkout
+from codeworker.sandbox.repo_config import RepoConfigError
+from codeworker.sandbox.setup_cache import SetupFailed
+from codeworker.secrets.findings import blocking
+from codeworker.worker import metrics
+
+if TYPE_CHECKING:
+    from codeworker.pipeline.run import OperationRun
+
+MERGE_ATTEMPTS = 2
+"""A base that moves between our fetch and our push gets one fresh merge before we give up."""
+
+
+def checkout(run: OperationRun) -> None:
+    """A fresh worktree of the base on the job's branch."""
+    job = run.job
+    try:
+        worktree = run.p.mirrors.checkout(
+            job.repository.url, job.repository.branch, run.branch, job.operation_id
+        )
+    except RepositoryTooLarge as exc:
+        raise StageFailed(Status.FAILED, str(exc)) from None
+    run.on_exit(worktree.remove)
+    run.worktree = worktree
+
+
+def register(run: OperationRun) -> None:
+    """The branch record, in state ``active``; a run that fails past here marks it."""
+    job = run.job
+    run.p.registry.register(
+        BranchRecord.new(
+            repository=job.repository.url,
+            repo=run.repo,
+            branch=run.branch,
+            operation_id=job.operation_id,
+            operation_type=job.operation_type,
+            files=job.target_files,
+        )
+    )
+    run.undo.push(run.settle_branch)
+
+
+def lock(run: OperationRun) -> None:
+    """The target files' locks (all or none, waiting up to the lock wait), then the executor's
+    workspace, which locks whatever else the executor writes."""
+    job = run.job
+    run.on_exit(run.locks.release)
+    if job.target_files:
+        waited, acquired = time.monotonic(), False
+        try:
+            fence = run.locks.acquire(job.target_files, wait=run.p.settings.lock_wait)
+            acquired = True
+        finally:
+            metrics.lock_wait(job.operation_type, time.monotonic() - waited, acquired=acquired)
+        run.p.registry.update(run.repo, run.branch, fencing_token=fence)
+    try:
+        workspace = Checkout(run.worktree, run.locks, run.p.settings, job.test_command)
+    except RepoConfigError as exc:
+        raise StageFailed(Status.FAILED, str(exc)) from None
+    run.on_exit(workspace.close)
+    run.checkout = workspace
+
+
+def setup(run: OperationRun) -> None:
+    """The repository's setup, once per dependency hash, before the executor sees anything."""
+    try:
+        run.checkout.setup()
+    except SetupFailed as exc:
+        raise StageFailed(Status.FAILED, str(exc)) from None
+
+
+def execute(run: OperationRun) -> None:
+    """The executor's change, refused if it is empty, too large or links out of the repository;
+    whatever it changed is locked, so nothing is committed that this operation does not hold."""
+    job = run.job
+    run.outcome = run.executor.run(job, run.checkout)
+    metrics.agent_iterations(job.operation_type, run.outcome.iterations)
+    run.files = run.worktree.changed_files()
+    if not run.files:
+        raise StageFailed(Status.NO_CHANGES, f"the {run.executor.name} executor made no changes")
+    _check_change_size(run)
+    try:  # before locking: a link out of the checkout is refused by name, not as a bad path
+        run.worktree.check_symlinks()
+    except UnsafeSymlink as exc:
+        raise StageFailed(Status.BLOCKED, str(exc)) from None
+    for path in run.files:
+        run.checkout.lock(path)
+    run.p.registry.update(run.repo, run.branch, files=run.files, fencing_token=run.locks.fencing_token)
+
+
+def scan(run: OperationRun) -> None:
+    """The secret scan of the added lines; a HIGH finding blocks the commit."""
+    findings = run.p.scanner.scan(run.worktree.added_lines())
+    blocked = blocking(findings)
+    metrics.secret_scan(findings, blocked)
+    if blocked:
+        where = ", ".join(f"{f.path}:{f.line} ({f.rule})" for f in blocked)
+        raise StageFailed(Status.BLOCKED, f"secret scan blocked the commit: {where}", findings)
+    run.findings = findings
+
+
+def commit(run: OperationRun) -> None:
+    assert run.outcome is not None
+    settings = run.p.settings
+    run.worktree.commit(
+        commit_message(run.job, run.outcome), settings.git_author_name, settings.git_author_email
+    )
+
+
+def push(run: OperationRun) -> None:
+    """The branch to the remote, only while every lease is still held."""
+    _check_leases(run)
+    try:
+        run.worktree.push()
+    except GitError:
+        metrics.push_failed(run.job.operation_type)
+        raise
+    run.commits = run.worktree.commits()
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED)
+
+
+BEFORE_DELIVERY: tuple[Callable[[OperationRun], None], ...] = (
+    checkout,
+    register,
+    lock,
+    setup,
+    execute,
+    scan,
+    commit,
+    push,
+)
+"""Every job's stages up to the push; then :func:`pull_request` or :func:`merge` delivers it."""
+
+
+def pull_request(run: OperationRun) -> Result:
+    """A pull request for review (a draft when unverified); the branch stays pushed if it fails."""
+    assert run.outcome is not None
+    job = run.job
+    try:
+        pr = run.p.pulls.open(
+            job.repository.owner,
+            job.repository.name,
+            head=run.branch,
+            base=job.repository.branch,
+            title=pr_title(job),
+            body=pr_body(job, run.outcome, run.files, run.findings),
+            draft=not run.outcome.verified,
+            labels=run.p.settings.pr_labels,
+        )
+    except GitHubError as exc:
+        metrics.pull_request_failed(job.operation_type)
+        return run.result(Status.PUSHED, error=f"branch pushed, pull request failed: {exc}")
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.PR_OPEN, pr_number=pr.number, pr_url=pr.url)
+    info = PullRequestInfo(number=pr.number, url=pr.url, title=pr.title, draft=pr.draft)
+    return run.result(Status.PR_OPEN, pr=info)
+
+
+def merge(run: OperationRun) -> Result:
+    """The branch merged into the freshly fetched base (no approval asked); a conflict keeps it."""
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGING)
+    settings = run.p.settings
+    message = f"Merge {run.branch} into {run.job.repository.branch}"
+    for attempt in range(1, MERGE_ATTEMPTS + 1):
+        _check_leases(run)
+        try:
+            run.worktree.merge_into_base(message, settings.git_author_name, settings.git_author_email)
+            break
+        except MergeConflict as exc:
+            raise StageFailed(
+                Status.CONFLICT, f"{run.job.repository.branch} moved and conflicts: {exc}; branch kept"
+            ) from None
+        except PushRejected:
+            if attempt == MERGE_ATTEMPTS:
+                metrics.push_failed(run.job.operation_type)
+                raise
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGED)
+    return run.result(Status.MERGED)
+
+
+def _check_change_size(run: OperationRun) -> None:
+    """Refuse a change too large to review before it is locked, scanned or committed."""
+    settings = run.p.settings
+    if settings.max_changed_files and len(run.files) > settings.max_changed_files:
+        raise ChangeTooLarge(
+            "files changed", len(run.files), settings.max_changed_files, "CODEWORKER_MAX_CHANGED_FILES"
+        )
+    if settings.max_diff_bytes:
+        size = run.worktree.change_size()
+        if size > settings.max_diff_bytes:
+            raise ChangeTooLarge("bytes of diff", size, settings.max_diff_bytes, "CODEWORKER_MAX_DIFF_BYTES")
+
+
+def _check_leases(run: OperationRun) -> None:
+    """Stop before anything leaves the machine if a lock was lost (expired or taken)."""
+    if run.watchdog.is_lost:
+        what = ", ".join(run.watchdog.lost) or "the operation's claim (another worker took it over)"
+        raise StageFailed(Status.FAILED, f"lost the lock on {what}; stopped before pushing")
+    run.locks.verify()
