@@ -23,19 +23,20 @@ import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
-from redis.commands.core import Script
 
 from codeworker.coordination.keys import Keys
+from codeworker.coordination.scripts import LuaScript
 
 RUNNING = "running"
 FINISHED = "finished"
 ABANDONED = "abandoned"
 """States stored in the record."""
 
-CLAIM_SCRIPT = """
+CLAIM_SCRIPT = LuaScript(
+    """
 -- KEYS[1] record, KEYS[2] heartbeat
 -- ARGV[1] new owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms, ARGV[4] now, ARGV[5] operation id
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -54,9 +55,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {'claimed'}
 """
+)
 """Answer the stored result, or who is busy with it, or take it for ARGV[1]."""
 
-HEARTBEAT_SCRIPT = """
+HEARTBEAT_SCRIPT = LuaScript(
+    """
 -- KEYS[1] record, KEYS[2] heartbeat; ARGV[1] owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
     return 0
@@ -65,9 +68,11 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+)
 """Extend the lease of a running claim if it is still ours."""
 
-SETTLE_SCRIPT = """
+SETTLE_SCRIPT = LuaScript(
+    """
 -- KEYS[1] record, KEYS[2] heartbeat
 -- ARGV[1] owner, ARGV[2] new state, ARGV[3] result JSON or '', ARGV[4] record ttl ms, ARGV[5] now
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
@@ -79,6 +84,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
+)
 """End a running claim that is still ours (finished with a result, or abandoned)."""
 
 
@@ -118,10 +124,6 @@ class Claim:
 class OperationClaims:
     """Claims on operation ids: at most one live attempt per operation, and results kept for reuse."""
 
-    _claim_script: ClassVar[Script | None] = None
-    _heartbeat_script: ClassVar[Script | None] = None
-    _settle_script: ClassVar[Script | None] = None
-
     def __init__(self, client: redis.Redis, keys: Keys, ttl: float, result_ttl: float) -> None:
         if ttl <= 0 or result_ttl <= 0:
             raise ValueError("claim ttl and result_ttl must be positive")
@@ -129,22 +131,11 @@ class OperationClaims:
         self.keys = keys
         self.ttl = ttl
         self.result_ttl = result_ttl
-        self._register_scripts(client)
-
-    @classmethod
-    def _register_scripts(cls, client: redis.Redis) -> None:
-        if cls._claim_script is None:
-            cls._claim_script = client.register_script(CLAIM_SCRIPT)
-        if cls._heartbeat_script is None:
-            cls._heartbeat_script = client.register_script(HEARTBEAT_SCRIPT)
-        if cls._settle_script is None:
-            cls._settle_script = client.register_script(SETTLE_SCRIPT)
 
     def claim(self, operation_id: str) -> Claim:
         """Take the operation, or learn that it is finished or that someone else runs it."""
         owner = self._new_owner()
-        assert self._claim_script is not None
-        reply = self._claim_script(
+        reply = CLAIM_SCRIPT(
             keys=self._keys(operation_id),
             args=[owner, self._ms(self.ttl), self._record_ttl_ms, time.time(), operation_id],
             client=self.client,
@@ -158,9 +149,8 @@ class OperationClaims:
 
     def heartbeat(self, operation_id: str, owner: str) -> bool:
         """Extend our lease; False once another attempt took over (what the watchdog calls)."""
-        assert self._heartbeat_script is not None
         return bool(
-            self._heartbeat_script(
+            HEARTBEAT_SCRIPT(
                 keys=self._keys(operation_id),
                 args=[owner, self._ms(self.ttl), self._record_ttl_ms],
                 client=self.client,
@@ -221,9 +211,8 @@ class OperationClaims:
         return [self.keys.claim(operation_id), self.keys.heartbeat(operation_id)]
 
     def _settle(self, operation_id: str, owner: str, state: str, result: str) -> bool:
-        assert self._settle_script is not None
         return bool(
-            self._settle_script(
+            SETTLE_SCRIPT(
                 keys=self._keys(operation_id),
                 args=[owner, state, result, self._ms(self.result_ttl), time.time()],
                 client=self.client,

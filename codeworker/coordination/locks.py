@@ -20,17 +20,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import redis
-from redis.commands.core import Script
 
 from codeworker.coordination.keys import Keys
+from codeworker.coordination.scripts import LuaScript
 from codeworker.names import relative_path
 
 log = logging.getLogger(__name__)
 
-ACQUIRE_SCRIPT = """
+ACQUIRE_SCRIPT = LuaScript(
+    """
 -- KEYS[1] fence counter, KEYS[2..] lock keys
 -- ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] operation id, ARGV[4] repo, ARGV[5..] paths
 local owner = ARGV[1]
@@ -47,9 +47,11 @@ for i = 2, #KEYS do
 end
 return {1, redis.call('INCR', KEYS[1])}
 """
+)
 """Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner}``."""
 
-RENEW_SCRIPT = """
+RENEW_SCRIPT = LuaScript(
+    """
 -- KEYS lock keys; ARGV[1] owner, ARGV[2] ttl ms
 local lost = {}
 for i = 1, #KEYS do
@@ -61,9 +63,11 @@ for i = 1, #KEYS do
 end
 return lost
 """
+)
 """Extend the locks still ours; answer the 1-based indexes of those that are not."""
 
-RELEASE_SCRIPT = """
+RELEASE_SCRIPT = LuaScript(
+    """
 -- KEYS lock keys; ARGV[1] owner
 local released = 0
 for i = 1, #KEYS do
@@ -74,6 +78,7 @@ for i = 1, #KEYS do
 end
 return released
 """
+)
 """Delete only the locks whose owner is ours; answer how many were deleted."""
 
 
@@ -124,10 +129,6 @@ class FileLocks:
     thread while the job acquires more.
     """
 
-    _acquire_script: ClassVar[Script | None] = None
-    _renew_script: ClassVar[Script | None] = None
-    _release_script: ClassVar[Script | None] = None
-
     def __init__(
         self,
         client: redis.Redis,
@@ -151,16 +152,6 @@ class FileLocks:
         self._lost: set[str] = set()
         self._token: int | None = None
         self._mutex = threading.RLock()
-        self._register_scripts(client)
-
-    @classmethod
-    def _register_scripts(cls, client: redis.Redis) -> None:
-        if cls._acquire_script is None:
-            cls._acquire_script = client.register_script(ACQUIRE_SCRIPT)
-        if cls._renew_script is None:
-            cls._renew_script = client.register_script(RENEW_SCRIPT)
-        if cls._release_script is None:
-            cls._release_script = client.register_script(RELEASE_SCRIPT)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -204,8 +195,7 @@ class FileLocks:
             if not self._held:
                 return []
             held = list(self._held)
-            assert self._renew_script is not None
-            indexes = self._renew_script(
+            indexes = RENEW_SCRIPT(
                 keys=[self._key(path) for path in held],
                 args=[self.owner, self._ttl_ms],
                 client=self.client,
@@ -228,8 +218,7 @@ class FileLocks:
         """Delete the locks still ours, leaving any taken over by someone else; idempotent."""
         with self._mutex:
             if self._held:
-                assert self._release_script is not None
-                self._release_script(
+                RELEASE_SCRIPT(
                     keys=[self._key(path) for path in self._held], args=[self.owner], client=self.client
                 )
             self._held.clear()
@@ -247,8 +236,7 @@ class FileLocks:
     def _try_acquire(self, paths: list[str]) -> int | LockHeld:
         """One atomic attempt: the fencing token, or the conflict to raise when out of time."""
         with self._mutex:
-            assert self._acquire_script is not None
-            reply = self._acquire_script(
+            reply = ACQUIRE_SCRIPT(
                 keys=[self.keys.fence(self.repo), *(self._key(path) for path in paths)],
                 args=[self.owner, self._ttl_ms, self.operation_id, self.repo, *paths],
                 client=self.client,

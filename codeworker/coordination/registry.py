@@ -18,13 +18,13 @@ import json
 import time
 from enum import StrEnum
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
 from pydantic import BaseModel, Field, TypeAdapter
-from redis.commands.core import Script
 
 from codeworker.coordination.keys import Keys
+from codeworker.coordination.scripts import LuaScript
 
 
 class BranchStatus(StrEnum):
@@ -63,7 +63,8 @@ def sources_of(to: BranchStatus) -> list[BranchStatus]:
     return [status for status in BranchStatus if to in TRANSITIONS[status]]
 
 
-REGISTER_SCRIPT = """
+REGISTER_SCRIPT = LuaScript(
+    """
 -- KEYS[1] record, KEYS[2] repo index, KEYS[3] all index, KEYS[4] active index,
 -- KEYS[5..] every status index (to leave the old one on a reset)
 -- ARGV[1] operation id, ARGV[2..] field, value pairs of the new record
@@ -87,9 +88,11 @@ local reply = {'ok'}
 for _, item in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(reply, item) end
 return reply
 """
+)
 """Create the record, or reset it when the same operation registers again after a crash."""
 
-TRANSITION_SCRIPT = """
+TRANSITION_SCRIPT = LuaScript(
+    """
 -- KEYS[1] record, KEYS[2] index of the new status, KEYS[3..] indexes of the allowed sources
 -- ARGV[1] new status, ARGV[2] JSON list of allowed sources (aligned with KEYS[3..]),
 -- ARGV[3] JSON object of fields to set, ARGV[4] JSON list of fields to delete
@@ -109,9 +112,11 @@ local reply = {'ok'}
 for _, item in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(reply, item) end
 return reply
 """
+)
 """Move a record to a new status if its current status is one of the allowed sources."""
 
-UPDATE_SCRIPT = """
+UPDATE_SCRIPT = LuaScript(
+    """
 -- KEYS[1] record; ARGV[1] JSON object of fields to set, ARGV[2] JSON list of fields to delete
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
 for field, value in pairs(cjson.decode(ARGV[1])) do redis.call('HSET', KEYS[1], field, value) end
@@ -120,6 +125,7 @@ local reply = {'ok'}
 for _, item in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(reply, item) end
 return reply
 """
+)
 """Change non-status fields of an existing record."""
 
 
@@ -212,23 +218,9 @@ def _decode(flat: builtins.list[Any]) -> BranchRecord:
 class BranchRegistry:
     """Branch records in Redis, their status state machine and the indexes to list them."""
 
-    _register_script: ClassVar[Script | None] = None
-    _transition_script: ClassVar[Script | None] = None
-    _update_script: ClassVar[Script | None] = None
-
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._register_scripts(client)
-
-    @classmethod
-    def _register_scripts(cls, client: redis.Redis) -> None:
-        if cls._register_script is None:
-            cls._register_script = client.register_script(REGISTER_SCRIPT)
-        if cls._transition_script is None:
-            cls._transition_script = client.register_script(TRANSITION_SCRIPT)
-        if cls._update_script is None:
-            cls._update_script = client.register_script(UPDATE_SCRIPT)
 
     def register(self, record: BranchRecord) -> BranchRecord:
         """Store a new record in status active.
@@ -247,8 +239,7 @@ class BranchRegistry:
             if value is not None
             for item in (field, _encode(value))
         ]
-        assert self._register_script is not None
-        reply = self._register_script(
+        reply = REGISTER_SCRIPT(
             keys=[
                 key,
                 self.keys.branches_by_repo(fresh.repo),
@@ -269,8 +260,7 @@ class BranchRegistry:
         sources = sources_of(to)
         set_fields, delete_fields = self._changes(fields)
         key = self.keys.branch(repo, branch)
-        assert self._transition_script is not None
-        reply = self._transition_script(
+        reply = TRANSITION_SCRIPT(
             keys=[
                 key,
                 self.keys.branches_by_status(to),
@@ -294,8 +284,7 @@ class BranchRegistry:
     def update(self, repo: str, branch: str, **fields: Any) -> BranchRecord:
         """Change fields other than the status and identity (fencing_token, pr_number, files...)."""
         set_fields, delete_fields = self._changes(fields)
-        assert self._update_script is not None
-        reply = self._update_script(
+        reply = UPDATE_SCRIPT(
             keys=[self.keys.branch(repo, branch)],
             args=[json.dumps(set_fields), json.dumps(delete_fields)],
             client=self.client,
