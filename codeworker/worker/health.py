@@ -12,7 +12,7 @@ consumer then rightly takes no message, probes included), and Redis is down or c
 ``health_stale_after`` seconds ago (readiness fails; liveness waits for the reconnect).
 
 This module only keeps time and decides; sending and receiving the probe need Celery, which lives in
-:mod:`codeworker.celery`. The Redis PING of ``/health`` is here, in one place.
+:mod:`codeworker.worker.bootsteps`. The Redis PING of ``/health`` is here, in one place.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The worker's small HTTP server: ``/health``, ``/status``, ``/metrics`` and the GitHub webhook.
 
 It runs on a thread of each worker's main process (a Celery bootstep starts it, see
-:mod:`codeworker.celery`). What it shows is handed in as a :class:`WorkerState`, so this module
+:mod:`codeworker.worker.bootsteps`). What it shows is handed in as a :class:`WorkerState`, so this module
 never imports Celery and an app can be built in a test around a real Redis without a worker.
 """
 
