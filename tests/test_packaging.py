@@ -6,6 +6,7 @@ The design card's ``tasks/`` and ``executors/`` folders install as ``codeworker.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -52,3 +53,16 @@ def test_entry_points_name_the_namespaced_modules(wheel: zipfile.ZipFile) -> Non
     assert "agent = codeworker.executors.agent:AgentExecutor" in text
     assert "autofix = codeworker.executors.autofix:AutofixExecutor" in text
     assert "codeworker = codeworker.cli:main" in text
+
+
+def test_benchmarks_do_not_import_the_tests() -> None:
+    """bench/ runs from a checkout without the test suite: what both need lives in the package."""
+    imported = set()
+    for path in (ROOT / "bench").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "codeworker.loopback.gitserver" in imported
+    assert not [name for name in imported if name.split(".")[0] == "tests"]
