@@ -49,7 +49,7 @@ system-tools:
 	  else echo "missing: $$tool (install it: sudo apt-get install $$pkg)"; exit 1; fi; \
 	done
 
-# What tests/test_deploy.py checks deploy/ with (it skips, saying so, what is missing): promtool,
+# What tests/test_deploy_*.py check deploy/ with (they skip, saying so, what is missing): promtool,
 # taken out of Debian's prometheus package without installing (and starting) the server, and a
 # compose client. hadolint and the Kubernetes schemas come with the test extra.
 PROMTOOL := .work/tools/prometheus/usr/bin/promtool
@@ -59,15 +59,15 @@ deploy-tools: $(PROMTOOL)
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing docker-compose"; \
 	  apt-get install -y -qq docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null 2>&1; } \
-	  || echo "could not install docker-compose: tests/test_deploy.py skips the compose check"; \
-	else echo "missing: docker-compose (sudo apt-get install docker-compose); tests/test_deploy.py skips the compose check"; fi
+	  || echo "could not install docker-compose: tests/test_deploy_compose.py skips its check"; \
+	else echo "missing: docker-compose (sudo apt-get install docker-compose); tests/test_deploy_compose.py skips its check"; fi
 
 $(PROMTOOL):
 	@command -v promtool >/dev/null && exit 0; \
 	rm -rf .work/tools/prometheus && mkdir -p .work/tools && cd .work/tools && \
 	{ apt-get download prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
 	dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb && echo "extracted promtool to $(PROMTOOL)" \
-	|| echo "could not get promtool (apt-get download prometheus): tests/test_deploy.py skips the Prometheus checks"
+	|| echo "could not get promtool (apt-get download prometheus): tests/test_deploy_monitoring.py skips the Prometheus checks"
 
 clean:
 	rm -rf $(VENV) $(SCANNER_VENV) *.egg-info .work

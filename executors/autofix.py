@@ -6,9 +6,9 @@ kind of executor and gives the demo something real to push.
 
 from __future__ import annotations
 
-from codeworker.executors.base import Outcome, Workspace
 from ruff.__main__ import find_ruff_bin
 
+from codeworker.executors.base import Outcome, Workspace
 from codeworker.models import Job, Verification
 from codeworker.verification.rules import unchanged_outcome
 from codeworker.verification.verifier import Verifier

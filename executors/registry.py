@@ -9,7 +9,6 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from codeworker.executors.base import Executor
-
 from codeworker.models import OperationType
 
 GROUP = "codeworker.executors"

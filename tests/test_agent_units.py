@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from codeworker.executors.agent.budget import Ledger, UnknownModelPrice
-from codeworker.executors.agent.loops import LoopDetector
-from codeworker.executors.agent.tools import EDITOR, Tools
 
 from codeworker.config import ModelPrice, Settings
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
+from codeworker.executors.agent.budget import Ledger, UnknownModelPrice
+from codeworker.executors.agent.loops import LoopDetector
+from codeworker.executors.agent.tools import EDITOR, Tools
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.commands import clip
 

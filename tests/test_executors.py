@@ -7,10 +7,10 @@ import time
 import uuid
 
 import pytest
+
 from codeworker.executors.autofix import AutofixExecutor
 from codeworker.executors.base import Executor
 from codeworker.executors.registry import UnknownExecutor, available, load_executor
-
 from codeworker.models import parse_job
 from codeworker.pipeline.run import OperationRun
 from tests.support.worker import PLUGINS

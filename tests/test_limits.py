@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from codeworker.executors.agent.tools import EDITOR, Tools
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import BranchStatus
+from codeworker.executors.agent.tools import EDITOR, Tools
 from codeworker.git.errors import RepositoryTooLarge
 from codeworker.git.mirrors import Mirrors
 from codeworker.pipeline.service import Pipeline

@@ -2,71 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
 
 import pytest
-from codeworker.executors.base import Outcome, RetryLater, Workspace
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import BranchStatus
+from codeworker.executors.base import Outcome, RetryLater, Workspace
 from codeworker.loopback.gitserver import GitServer
-from codeworker.models import Job, parse_job
+from codeworker.models import Job
 from codeworker.pipeline.errors import OperationDeferred
-from codeworker.pipeline.run import OperationRun, Progress, branch_name
+from codeworker.pipeline.run import OperationRun, branch_name
 from codeworker.pipeline.service import Pipeline
+from tests.support.pipeline_runs import FnExecutor, make_job, run, with_executor
 
 APP_PY = "def answer():\n    return 42\n"
-
-
-class FnExecutor:
-    """An executor whose work is a function of the test."""
-
-    name = "fn"
-
-    def __init__(self, work: Callable[[Workspace], None]) -> None:
-        self.work = work
-
-    def run(self, job: Job, workspace: Workspace) -> Outcome:
-        self.work(workspace)
-        return Outcome(summary="test change")
 
 
 @pytest.fixture()
 def repo(git_server: GitServer) -> tuple[str, str]:
     name = f"pipe-{uuid.uuid4().hex[:8]}"
     return name, git_server.create_repo("acme", name, {"app.py": APP_PY, "lib/util.py": "X = 1\n"})
-
-
-def make_job(pipe: Pipeline, url: str, name: str, **extra: object) -> Job:
-    raw = {
-        "description": "Change the answer",
-        "repository": {"url": url, "owner": "acme", "name": name},
-        **extra,
-    }
-    return parse_job(
-        raw, operation_type="refactor", allowed_repos=pipe.settings.allowed_repos, max_iterations_cap=10
-    )
-
-
-def run(
-    pipe: Pipeline,
-    job: Job,
-    work: Callable[[Workspace], None],
-    progress: Callable[[Progress], None] | None = None,
-) -> dict:
-    claim = pipe.claims.claim(job.operation_id)
-    assert claim.owner is not None
-    return OperationRun(pipe, job, FnExecutor(work), claim.owner, progress, time.monotonic()).execute()
-
-
-def with_executor(pipe: Pipeline, executor: object) -> Pipeline:
-    return dataclasses.replace(pipe, resolve_executor=lambda name, operation_type: executor)
 
 
 def assert_clean(pipe: Pipeline, job: Job) -> None:

@@ -6,30 +6,26 @@ through the pipeline with a file that asks for the secret scan to be turned off.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import yaml
-from codeworker.executors.base import Outcome, Workspace
 
 from codeworker.coordination.keys import Keys
+from codeworker.executors.base import Workspace
 from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
-from codeworker.models import Job, parse_job
-from codeworker.pipeline.run import OperationRun
 from codeworker.pipeline.service import Pipeline
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.repo_config import MAX_CONFIG_BYTES, RepoConfig, RepoConfigError, load_repo_config
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
-from tests.support.checkouts import Checkouts, sandbox_settings
+from tests.support.checkouts import Checkouts, needs_bwrap, sandbox_settings
+from tests.support.pipeline_runs import run_in_new_repo
 
 AWS_KEY = "AKIA" + "QYLPMN5HHHFPZAM2"
 APP_PY = "def f():\n    return 1\n"
@@ -204,8 +200,6 @@ def test_a_fifo_or_directory_is_refused_without_blocking(tmp_path) -> None:
 
 # == in a real checkout, with the real sandbox ====================================================
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
-
 
 @pytest.fixture()
 def open_checkout(
@@ -261,32 +255,14 @@ def test_the_agent_cannot_change_the_test_command_mid_job(open_checkout) -> None
 # == through the pipeline =========================================================================
 
 
-class WriteExecutor:
-    """Writes files through the workspace, as an agent's editor would."""
-
-    name = "write"
-
-    def __init__(self, files: dict[str, str]) -> None:
-        self.files = files
-
-    def run(self, job: Job, workspace: Workspace) -> Outcome:
-        for path, content in self.files.items():
-            workspace.write_file(path, content)
-        return Outcome(summary="wrote files")
-
-
 def run_job(pipe: Pipeline, git_server: GitServer, config: str, files: dict[str, str]) -> tuple[dict, str]:
-    name = f"rcp-{uuid.uuid4().hex[:8]}"
-    url = git_server.create_repo("acme", name, {"app.py": APP_PY, ".codeworker.yml": config})
-    raw = {"description": "change", "repository": {"url": url, "owner": "acme", "name": name}}
-    job = parse_job(
-        raw, operation_type="refactor", allowed_repos=pipe.settings.allowed_repos, max_iterations_cap=10
-    )
-    claim = pipe.claims.claim(job.operation_id)
-    assert claim.owner is not None
-    executor = WriteExecutor(files)
-    pipeline = dataclasses.replace(pipe, resolve_executor=lambda name, operation_type: executor)
-    return OperationRun(pipeline, job, executor, claim.owner, None, time.monotonic()).execute(), name
+    """Writes ``files`` through the workspace, as an agent's editor would."""
+
+    def write(workspace: Workspace) -> None:
+        for path, content in files.items():
+            workspace.write_file(path, content)
+
+    return run_in_new_repo(pipe, git_server, {"app.py": APP_PY, ".codeworker.yml": config}, write)
 
 
 def test_a_file_that_turns_the_scan_off_does_not_stop_it(pipe, git_server) -> None:

@@ -27,6 +27,7 @@ from codeworker.git.mirrors import Mirrors
 from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
 from tests.conftest import GITHUB_TOKEN
+from tests.support.mirror_processes import checkout_in_process
 
 TOKEN = GITHUB_TOKEN
 AUTHOR = ("codeworker", "codeworker@example.invalid")
@@ -378,20 +379,13 @@ def test_concurrent_checkouts_from_threads(mirrors: Mirrors, repo: Repo) -> None
     assert list((mirrors.root / "worktrees").iterdir()) == []
 
 
-def _checkout_in_process(root: str, url: str, index: int, barrier: threading.Barrier) -> tuple[str, str]:
-    mirrors = Mirrors(Path(root), SecretStr(TOKEN))
-    barrier.wait()
-    wt = mirrors.checkout(url, "main", f"codeworker/p{index}", f"op-p{index}")
-    return str(wt.path), (wt.path / "README.md").read_text()
-
-
 def test_concurrent_checkouts_from_processes(mirrors: Mirrors, repo: Repo) -> None:
     """Two worker processes sharing WORKSPACE_ROOT: the flock serialises mirror creation and fetch."""
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
         barrier = manager.Barrier(2)
         futures = [
-            pool.submit(_checkout_in_process, str(mirrors.root), repo.url, i, barrier) for i in range(2)
+            pool.submit(checkout_in_process, str(mirrors.root), repo.url, i, barrier) for i in range(2)
         ]
         results = [f.result(timeout=60) for f in futures]
     assert [text for _, text in results] == ["hello\n", "hello\n"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from codeworker.config import Settings
 from codeworker.executors.agent import prompts
 from codeworker.executors.agent.budget import Ledger
 from codeworker.executors.agent.loops import LoopDetector
 from codeworker.executors.agent.model import Model
 from codeworker.executors.agent.tools import Environment
 from codeworker.executors.agent.trajectory import Trajectory
-
-from codeworker.config import Settings
 
 EPHEMERAL = {"type": "ephemeral"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from codeworker.config import Settings, get_settings
 from codeworker.executors.agent import prompts
 from codeworker.executors.agent.agent import Agent, text_block
 from codeworker.executors.agent.budget import Ledger
@@ -17,8 +18,6 @@ from codeworker.executors.agent.model import AnthropicModel, Attempt, AttemptSin
 from codeworker.executors.agent.tools import Tools
 from codeworker.executors.agent.trajectory import Trajectory
 from codeworker.executors.base import Outcome, Workspace
-
-from codeworker.config import Settings, get_settings
 from codeworker.models import Job, TestRun, Verification
 from codeworker.verification.verifier import Verifier as WorkerVerifier
 

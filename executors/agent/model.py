@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import anthropic
 from anthropic import Middleware
+
 from codeworker.executors.base import RetryLater
 
 REQUEST_TIMEOUT = 300.0

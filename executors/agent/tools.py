@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from codeworker.executors.base import Workspace
-
 from codeworker.coordination.locks import LockHeld
+from codeworker.executors.base import Workspace
 from codeworker.sandbox.commands import clip
 
 EDITOR = "str_replace_based_edit_tool"

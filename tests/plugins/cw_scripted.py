@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from codeworker.executors.base import Outcome, Workspace
-
 from codeworker.models import Job, TestRun, Verification
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from pydantic import SecretStr
 
@@ -19,6 +21,8 @@ from codeworker.loopback.gitserver import GitServer
 from codeworker.sandbox.checkout import Checkout
 
 FILES = {"README.md": "hello\n", "app.py": "def f():\n    return 1\n"}
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 
 def sandbox_settings(tmp_path: Path, github_token: str, **overrides: Any) -> Settings:

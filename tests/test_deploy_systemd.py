@@ -1,0 +1,62 @@
+"""deploy/systemd's units, checked by systemd-analyze; what no tool checks (a stop timeout longer than
+the worker's grace, no hardening that breaks bubblewrap) is asserted here against the code itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+from tests.support.deploy import DEPLOY, GRACE, run, seconds, tool
+
+# -- systemd -----------------------------------------------------------------------------------------
+
+
+def unit(name: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (DEPLOY / "systemd" / name).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_systemd_analyze_verifies_the_units(tmp_path):
+    """The units name where deploy/README.md installs codeworker; on a machine without that
+    installation systemd-analyze says so, and that is the only complaint allowed."""
+    analyze = tool("systemd-analyze")
+    units = {"codeworker-worker@.service": "codeworker-worker@3001.service"}
+    units["codeworker-flower.service"] = "codeworker-flower.service"
+    for name, instance in units.items():
+        shutil.copy(DEPLOY / "systemd" / name, tmp_path / name)
+        done = run(analyze, "verify", str(tmp_path / instance), cwd=tmp_path)
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        unexpected = [
+            line
+            for line in lines
+            if not re.search(r"Command /opt/codeworker/\w+/bin/\w+ is not executable: No such file", line)
+        ]
+        assert not unexpected, "\n".join(lines)
+
+
+def test_the_worker_unit_stops_gracefully_and_keeps_the_sandbox_working():
+    worker = unit("codeworker-worker@.service")
+    assert worker["KillSignal"] == ["SIGTERM"] and worker["KillMode"] == ["mixed"]
+    assert seconds(worker["TimeoutStopSec"][0]) >= 45 > GRACE
+    assert worker["Restart"] == ["on-failure"]
+    assert worker["EnvironmentFile"] == ["/etc/codeworker/codeworker.env"]
+    assert "PORT=%i" in worker["Environment"]
+    assert worker["NoNewPrivileges"] == ["yes"] and worker["ProtectSystem"] == ["strict"]
+    # Each of these breaks bubblewrap (deploy/README.md, "systemd").
+    for breaks_bwrap in (
+        "ProtectKernelTunables",
+        "ProtectKernelLogs",
+        "ProtectProc",
+        "ProcSubset",
+        "RestrictNamespaces",
+        "SystemCallFilter",
+        "MemoryDenyWriteExecute",
+    ):
+        assert breaks_bwrap not in worker, breaks_bwrap
+    env_example = (DEPLOY / "codeworker.env.example").read_text()
+    assert f"CODEWORKER_SHUTDOWN_GRACE={int(GRACE)}" in env_example

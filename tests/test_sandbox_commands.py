@@ -1,0 +1,206 @@
+"""The sandbox, for real: bubblewrap around commands in real worktrees of a real git server.
+
+What a command in a checkout cannot do: reach the network (not even loopback), see the worker's
+credentials, home or trajectories, write outside its checkout or read another job's, outlive its
+timeout, or take more than its memory and processes; and the start-up check that refuses a missing
+bubblewrap, the unsandboxed fallback that keeps the environment reduction and the group kill, and
+signals that a command does not inherit ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
+from codeworker.sandbox.checkout import Checkout
+from codeworker.sandbox.commands import run_process
+from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
+from tests.support import sandbox_fixtures
+from tests.support.checkouts import Checkouts, needs_bwrap
+from tests.support.sandbox_fixtures import alive, processes_with, python_c
+
+pytestmark = needs_bwrap
+
+# The shared fixtures, bound to this module's names: pytest finds them here for these tests only.
+env = sandbox_fixtures.env
+checkout = sandbox_fixtures.checkout
+
+REDIS_CANARY = "redis://cwcanary-redis-url-93d1:6379/0"
+
+# -- network ------------------------------------------------------------------------------------
+
+
+def test_no_network_not_even_loopback(checkout: Checkout, listener: int) -> None:
+    # The host can connect: the server is real.
+    socket.create_connection(("127.0.0.1", listener), 2).close()
+
+    local = checkout.run(python_c(f"import socket; socket.create_connection(('127.0.0.1', {listener}), 2)"))
+    remote = checkout.run(python_c("import socket; socket.create_connection(('1.1.1.1', 53), 2)"))
+
+    assert local.exit_code != 0 and "Error" in local.output
+    assert remote.exit_code != 0 and "Error" in remote.output
+
+
+# -- credentials --------------------------------------------------------------------------------
+
+
+def test_worker_credentials_are_invisible(checkout: Checkout, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("REDIS_URL", REDIS_CANARY)
+    # The environment, and every process's environment the sandbox can see (pid namespace).
+    result = checkout.run("env; cat /proc/[0-9]*/environ | tr '\\0' '\\n'; echo done")
+
+    assert result.ok, result.output
+    assert "done" in result.output and "HOME=/tmp" in result.output
+    for canary in (GITHUB_TOKEN, ANTHROPIC_KEY, REDIS_CANARY, "GITHUB_TOKEN", "REDIS_URL"):
+        assert canary not in result.output
+
+
+def test_worker_home_and_trajectories_are_hidden(env: Checkouts, checkout: Checkout) -> None:
+    env.settings.trajectory_dir.mkdir()
+    (env.settings.trajectory_dir / "op.jsonl").write_text("secret trajectory\n")
+    home = Path.home()
+    result = checkout.run(f"ls -A {home}; cat {env.settings.trajectory_dir}/op.jsonl; echo listed")
+
+    assert "listed" in result.output
+    assert "secret trajectory" not in result.output
+    listing = checkout.run(f"ls -A {home} | wc -l")
+    assert listing.output.strip().splitlines()[-1] in ("0", "1")  # empty, or just the bound Python
+
+
+# -- file system --------------------------------------------------------------------------------
+
+
+def test_writes_stay_inside_the_checkout(env: Checkouts, checkout: Checkout) -> None:
+    other = env.worktree(env.repo())
+    mirror = env.mirrors.mirror_path(checkout._worktree.url)
+    marker = f"cw-{uuid.uuid4().hex[:8]}"
+    targets = {
+        "/etc": Path("/etc") / marker,
+        "home": Path.home() / marker,
+        "other checkout": other.path / marker,
+        "mirror refs": mirror / "refs" / "heads" / marker,
+        "workspace root": env.settings.workspace_root / marker,
+    }
+    try:
+        for where, path in targets.items():
+            result = checkout.run(["/bin/sh", "-c", f"echo x > {path}"])
+            assert result.exit_code != 0, f"{where}: {result.output}"
+            assert not path.exists(), where
+        mine = checkout.run("echo x > inside.txt && echo y > /tmp/t && cat /tmp/t")
+        assert mine.ok and mine.output.strip() == "y"
+        assert (checkout.root / "inside.txt").read_text() == "x\n"
+    finally:
+        other.remove()
+
+
+def test_another_jobs_checkout_is_not_readable(env: Checkouts, checkout: Checkout) -> None:
+    other = env.worktree(env.repo({"secret.txt": "other job's work\n"}))
+    try:
+        (other.path / "draft.py").write_text("uncommitted\n")
+        result = checkout.run(f"cat {other.path}/secret.txt {other.path}/draft.py")
+        listing = checkout.run(f"ls {other.path.parent}")
+        assert result.exit_code != 0
+        assert "other job's work" not in result.output and "uncommitted" not in result.output
+        assert listing.output.split() == [checkout.root.name]
+    finally:
+        other.remove()
+
+
+def test_git_works_in_the_worktree(checkout: Checkout) -> None:
+    (checkout.root / "app.py").write_text("def f():\n    return 2\n")
+    status = checkout.run("git status --short")
+    diff = checkout.run("git diff")
+    log = checkout.run("git log --oneline -n 1")
+
+    assert status.ok and " M app.py" in status.output, status.output
+    assert diff.ok and "+    return 2" in diff.output
+    assert log.ok and "Initial commit" in log.output
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+def test_timeout_kills_forked_children(checkout: Checkout) -> None:
+    # setsid: the child even leaves the command's session; the pid namespace still takes it down.
+    result = checkout.run("setsid sleep 3141.59 & echo started > started; wait", timeout=1.5)
+
+    assert result.timed_out and result.exit_code is None
+    assert (checkout.root / "started").read_text() == "started\n"
+    assert processes_with("3141.59") == []
+
+
+def test_memory_hog_fails_alone(checkout: Checkout) -> None:
+    result = checkout.run(python_c("x = bytearray(2 * 1024 ** 3); print('allocated')"))
+    assert result.exit_code != 0
+    assert "MemoryError" in result.output and "allocated" not in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="the kernel does not apply RLIMIT_NPROC to uid 0")
+def test_fork_bomb_stops_at_the_process_limit(env: Checkouts, checkout: Checkout) -> None:
+    code = "import os\nn = 0\ntry:\n    while n < 2000:\n        if os.fork() == 0:\n            os.pause()\n"
+    code += "        n += 1\nexcept OSError:\n    print('stopped at', n)\n"
+    result = checkout.run(python_c(code), timeout=20)
+    assert "stopped at" in result.output
+
+
+# -- start-up check and the unsandboxed fallback ------------------------------------------------
+
+
+def test_check_sandbox_refuses_a_missing_bwrap(env: Checkouts) -> None:
+    check_sandbox(env.settings)  # the real one works
+    bogus = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap"})
+    with pytest.raises(SandboxUnavailable, match="CODEWORKER_ALLOW_UNSANDBOXED"):
+        check_sandbox(bogus)
+    check_sandbox(bogus.model_copy(update={"allow_unsandboxed": True}))
+
+
+def test_unsandboxed_fallback_keeps_env_reduction_and_group_kill(
+    env: Checkouts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    settings = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap", "allow_unsandboxed": True})
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree, settings=settings)
+    try:
+        assert GITHUB_TOKEN not in box.run("env").output
+        result = box.run("sleep 2718.28 & echo $! > pid; wait", timeout=1.5)
+        assert result.timed_out
+        pid = int((worktree.path / "pid").read_text())
+        assert not alive(pid, "2718.28")
+    finally:
+        box.close()
+        worktree.remove()
+
+
+def test_refused_at_run_time_too(env: Checkouts) -> None:
+    settings = env.settings.model_copy(update={"bwrap": "/nonexistent/bwrap"})
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree, settings=settings)
+    try:
+        with pytest.raises(SandboxUnavailable):
+            box.run("true")
+    finally:
+        box.close()
+        worktree.remove()
+
+
+def test_commands_do_not_inherit_ignored_signals(tmp_path):
+    """Celery's pool processes ignore SIGTERM and SIGINT; a command they start must not."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        result = run_process(
+            ["grep", "SigIgn", "/proc/self/status"], "grep", tmp_path, {"PATH": "/usr/bin:/bin"}, 10
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    ignored = int(result.output.split()[1], 16)
+    assert result.ok
+    assert not ignored & (1 << (signal.SIGTERM - 1))
