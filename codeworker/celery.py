@@ -25,9 +25,18 @@ def create_app() -> Celery:
         # One job per free slot: a long job must not sit reserved behind another long job.
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,
-        # Redis redelivers unacked jobs after the visibility timeout; it must outlive the hard
-        # limit or a running job is handed to a second worker.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # A job whose worker died goes back to the queue within visibility_timeout +
+        # restore_interval: every worker looks that often (not kombu's 10 x 10 s) for unacked
+        # messages nobody refreshed, and a live worker refreshes its own every third of the
+        # timeout (codeworker.worker.broker), so a long job is never handed out twice.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
+            # The restore mutex of a worker killed while restoring must not block the others
+            # for kombu's default 5 minutes.
+            "unacked_mutex_expire": max(10, int(settings.restore_interval * 2)),
+        },
         task_soft_time_limit=settings.soft_time_limit,
         task_time_limit=settings.hard_time_limit,
         # Flower needs both; STARTED tells a sender its job left the queue.
@@ -36,9 +45,13 @@ def create_app() -> Celery:
         task_track_started=True,
         result_extended=True,
         result_expires=settings.result_expires,
-        # After a broker reconnect the unacked jobs are redelivered anyway; keep running copies
-        # from pushing twice.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A job keeps running through a broker reconnect: cancelling it wastes its work, and with
+        # Redis still down Celery would record it REVOKED instead of retrying it. A copy handed
+        # out meanwhile waits on the claim; two copies never both push (claim checked before push).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Reserve only what the pool can run, counting jobs still running from before a
+        # reconnect (Celery skips its own prefetch reduction on Redis).
+        worker_disable_prefetch=True,
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue,
         task_routes={"codeworker.*": {"queue": settings.queue}},

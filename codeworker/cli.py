@@ -94,11 +94,14 @@ def worker(
     # SIGTERM means "finish within the grace period, then requeue": Celery's soft shutdown.
     # billiard reads this when first imported, so it must be set before Celery's worker loads.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
-    from codeworker.celery import app
+    from celery.bin.celery import celery as celery_command
+
     from codeworker.worker.signals import stopped_on_request
 
     settings = get_settings()
     argv = [
+        "--app",
+        "codeworker.celery:app",
         "worker",
         "--queues",
         settings.queue,
@@ -111,12 +114,15 @@ def worker(
         "--task-events",
         *celery_args,
     ]
+    # Celery's command, not ``app.worker_main``: that one drops the worker's exit status, so a
+    # worker that died ("Unrecoverable error") exited 0 and a supervisor restarting it only on
+    # failure left it down.
     try:
-        app.worker_main(argv)
-    except SystemExit as exit_:
-        if exit_.code and stopped_on_request():
-            sys.exit(0)
-        raise
+        status = celery_command.main(args=argv, standalone_mode=False)
+    except SystemExit as exit_:  # raised by a signal handler or a worker_init refusal
+        status = exit_.code
+    # Celery's cold shutdown exits 1 even when an operator asked for it (SIGTERM, SIGINT).
+    sys.exit(0 if status and stopped_on_request() else status)
 
 
 @main.command()

@@ -98,8 +98,12 @@ class Settings(BaseSettings):
     hard_time_limit: int = 1900
     """Seconds after which the pool child running a job is killed."""
 
-    visibility_timeout: int = 2400
-    """Seconds before Redis redelivers an unacked job; must exceed hard_time_limit."""
+    visibility_timeout: float = 30.0
+    """Seconds without a sign of life after which an unacked job goes back to the queue; a live
+    worker refreshes its jobs' messages every third of it, however long they run."""
+
+    restore_interval: float = 5.0
+    """Seconds between a worker's looks for jobs whose worker stopped refreshing them."""
 
     result_expires: int = 7 * 24 * 3600
     """Seconds results (Celery's and the idempotency record's) are kept."""
@@ -125,8 +129,15 @@ class Settings(BaseSettings):
     lock_wait: float = 30.0
     """Seconds a job waits for a held file lock before failing; 0 fails at once."""
 
-    claim_ttl: float = 60.0
+    claim_ttl: float = 30.0
     """Seconds an operation's heartbeat lives; a claim with a dead heartbeat can be taken over."""
+
+    max_stalls: int = 3
+    """Times an operation may lose its worker (killed, crashed) and run again before it fails."""
+
+    max_busy_waits: int = 200
+    """Times a duplicate delivery waits for a copy running elsewhere before it fails (the waits
+    back off from 1 s to 30 s, so the default covers more than the hard time limit)."""
 
     git_author_name: str = "codeworker"
     """Author and committer name of codeworker's commits."""
@@ -255,12 +266,11 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("visibility_timeout")
+    @field_validator("visibility_timeout", "restore_interval", "claim_ttl")
     @classmethod
-    def _outlives_hard_limit(cls, value: int, info) -> int:  # noqa: ANN001 - pydantic's ValidationInfo
-        hard = info.data.get("hard_time_limit", 0)
-        if value <= hard:
-            raise ValueError(f"must exceed hard_time_limit ({hard}s), or jobs are redelivered while running")
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
         return value
 
 

@@ -242,11 +242,24 @@ def job_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0]
 
 
-def parse_job(raw: Any, *, operation_type: str, allowed_repos: list[str], max_iterations_cap: int) -> Job:
-    """Validate a sender's job for the task named ``operation_type``; raise InvalidJob naming each field."""
+def parse_job(
+    raw: Any,
+    *,
+    operation_type: str,
+    allowed_repos: list[str],
+    max_iterations_cap: int,
+    default_operation_id: str | None = None,
+) -> Job:
+    """Validate a sender's job for the task named ``operation_type``; raise InvalidJob naming each field.
+
+    A job sent without an operation id gets ``default_operation_id`` (the Celery task id, stable
+    across redeliveries and retries), else a fresh one.
+    """
     if not isinstance(raw, dict):
         raise InvalidJob({"job": f"must be a JSON object, got {type(raw).__name__}"})
     data = dict(raw)
+    if default_operation_id and data.get("operation_id", data.get("operationId")) is None:
+        data["operation_id"] = default_operation_id
     sent_type = data.get("operation_type", data.get("operationType"))
     if sent_type is None:
         data["operation_type"] = operation_type

@@ -32,7 +32,13 @@ def run_operation(
     except InvalidJob as exc:
         return pipeline().reject(None, exc)
     try:
-        return pipeline().run(job, operation_type, progress=progress, attempt=task.request.retries)
+        return pipeline().run(
+            job,
+            operation_type,
+            progress=progress,
+            task_id=task.request.id,
+            redelivered=bool((task.request.delivery_info or {}).get("redelivered")),
+        )
     except RetryOperation as later:
         raise task.retry(countdown=later.retry_after, max_retries=None) from None
 

@@ -106,7 +106,7 @@ def test_persistent_overload_defers_the_job(session):
     pipe = dataclasses.replace(session.pipe, resolve_executor=lambda name, kind: session.executor())
 
     with pytest.raises(OperationDeferred) as deferred:
-        pipe.run(job.model_dump(mode="json"), "error_fix", attempt=0)
+        pipe.run(job.model_dump(mode="json"), "error_fix")
 
     assert "overloaded" in str(deferred.value)
     assert len(session.stub.messages_requests) == 3  # the first try and the SDK's two retries

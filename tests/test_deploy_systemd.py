@@ -43,7 +43,6 @@ def test_the_worker_unit_stops_gracefully_and_keeps_the_sandbox_working():
     worker = unit("codeworker-worker@.service")
     assert worker["KillSignal"] == ["SIGTERM"] and worker["KillMode"] == ["mixed"]
     assert seconds(worker["TimeoutStopSec"][0]) >= 45 > GRACE
-    assert worker["Restart"] == ["on-failure"]
     assert worker["EnvironmentFile"] == ["/etc/codeworker/codeworker.env"]
     assert "PORT=%i" in worker["Environment"]
     assert worker["NoNewPrivileges"] == ["yes"] and worker["ProtectSystem"] == ["strict"]
@@ -60,3 +59,19 @@ def test_the_worker_unit_stops_gracefully_and_keeps_the_sandbox_working():
         assert breaks_bwrap not in worker, breaks_bwrap
     env_example = (DEPLOY / "codeworker.env.example").read_text()
     assert f"CODEWORKER_SHUTDOWN_GRACE={int(GRACE)}" in env_example
+
+
+def test_the_worker_unit_restarts_a_worker_that_stops_without_being_asked_to():
+    """``codeworker worker`` exits non-zero when the worker fails and 0 only when asked to stop
+    (tests/test_redis_restart.py), so on-failure restarts every stop but a requested one."""
+    worker = unit("codeworker-worker@.service")
+    assert worker["ExecStart"][0].split()[1] == "worker"
+    assert worker["Restart"] == ["on-failure"]
+    # Nothing turns a failure into a success, or a failure into one that is not restarted.
+    for masks_failures in ("SuccessExitStatus", "RestartPreventExitStatus"):
+        assert masks_failures not in worker, masks_failures
+    # The start rate limit never gives up on it: restarts one RestartSec apart stay under it
+    # (systemd's defaults: 5 starts in 10 s).
+    interval = seconds(worker.get("StartLimitIntervalSec", ["10s"])[0])
+    burst = int(worker.get("StartLimitBurst", ["5"])[0])
+    assert interval == 0 or interval / seconds(worker["RestartSec"][0]) + 1 <= burst

@@ -72,13 +72,29 @@ def test_reentrant_for_the_same_attempt(redis_client, keys):
     assert locks.held == ["a.py", "b.py"]
 
 
-def test_rerun_of_the_same_operation_does_not_take_its_stale_lock(redis_client, keys):
+def test_rerun_of_the_same_operation_takes_its_stale_lock_over(redis_client, keys):
     crashed = make(redis_client, keys, "op-1")
-    crashed.acquire(["a.py"], wait=0)
+    first = crashed.acquire(["a.py"], wait=0)
     rerun = make(redis_client, keys, "op-1")
     assert rerun.owner != crashed.owner
+
+    second = rerun.acquire(["a.py"], wait=0)
+
+    assert second > first
+    assert crashed.renew() == ["a.py"]
+    with pytest.raises(LockLost):
+        crashed.verify()
+    crashed.release()
+    rerun.verify()
+    assert [lock.owner for lock in list_locks(redis_client, keys)] == [rerun.owner]
+
+
+def test_another_operation_never_takes_a_held_lock(redis_client, keys):
+    holder = make(redis_client, keys, "op-1")
+    holder.acquire(["a.py"], wait=0)
+    other = make(redis_client, keys, "op-2")
     with pytest.raises(LockHeld) as caught:
-        rerun.acquire(["a.py"], wait=0)
+        other.acquire(["a.py"], wait=0)
     assert caught.value.holder == "op-1"
 
 

@@ -202,7 +202,7 @@ def test_an_overloaded_model_defers_the_job_with_everything_cleaned(pipe, repo, 
             raise RetryLater("model API overloaded (529)", retry_after=7)
 
     with pytest.raises(OperationDeferred) as deferred:
-        with_executor(pipe, Overloaded()).run(raw, "refactor", attempt=0)
+        with_executor(pipe, Overloaded()).run(raw, "refactor")
 
     assert deferred.value.retry_after == 30  # backoff, since the API asked for less
     assert_clean(pipe, job)
@@ -223,8 +223,17 @@ def test_the_last_deferral_fails_the_job(pipe, repo):
             raise RetryLater("model API overloaded (529)", retry_after=1)
 
     raw = job.model_dump(mode="json")
-    result = with_executor(pipe, Overloaded()).run(raw, "refactor", attempt=pipe.settings.max_deferrals)
+    overloaded = with_executor(pipe, Overloaded())
+    delays = []
+    for _ in range(pipe.settings.max_deferrals):
+        with pytest.raises(OperationDeferred) as deferred:
+            overloaded.run(raw, "refactor")
+        delays.append(deferred.value.retry_after)
+    result = overloaded.run(raw, "refactor")
+
+    assert delays == [min(600, 30 * 2**n) for n in range(pipe.settings.max_deferrals)]
     assert result["status"] == "failed" and "gave up after" in result["error"]
+    assert pipe.claims.get(job.operation_id)["deferrals"] == pipe.settings.max_deferrals
 
 
 def test_a_killed_job_is_abandoned_from_its_journal_entry(pipe, repo, git_server, tmp_path):

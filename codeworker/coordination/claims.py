@@ -45,7 +45,15 @@ if state == 'finished' then
 end
 local holder = redis.call('GET', KEYS[2])
 if holder then
-    return {'busy', holder, redis.call('PTTL', KEYS[2])}
+    local waits = 0
+    if state then waits = redis.call('HINCRBY', KEYS[1], 'busy_waits', 1) end
+    return {'busy', holder, redis.call('PTTL', KEYS[2]), waits}
+end
+local stalled = 0
+if state == 'running' then
+    -- the owner's heartbeat ran out without a result: its worker died
+    redis.call('HINCRBY', KEYS[1], 'stalls', 1)
+    stalled = 1
 end
 redis.call('HSET', KEYS[1], 'operation_id', ARGV[5], 'state', 'running', 'owner', ARGV[1],
            'claimed_at', ARGV[4])
@@ -53,10 +61,12 @@ redis.call('HDEL', KEYS[1], 'result', 'finished_at')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {'claimed'}
+local counts = redis.call('HMGET', KEYS[1], 'stalls', 'deferrals')
+return {'claimed', stalled, counts[1] or '0', counts[2] or '0'}
 """
 )
-"""Answer the stored result, or who is busy with it, or take it for ARGV[1]."""
+"""Answer the stored result, or who is busy with it (counting the wait), or take it for ARGV[1]
+(counting a stall when the previous owner's heartbeat ran out while it was running)."""
 
 HEARTBEAT_SCRIPT = LuaScript(
     """
@@ -74,18 +84,20 @@ return 1
 SETTLE_SCRIPT = LuaScript(
     """
 -- KEYS[1] record, KEYS[2] heartbeat
--- ARGV[1] owner, ARGV[2] new state, ARGV[3] result JSON or '', ARGV[4] record ttl ms, ARGV[5] now
+-- ARGV[1] owner, ARGV[2] new state, ARGV[3] result JSON or '', ARGV[4] record ttl ms, ARGV[5] now,
+-- ARGV[6] counter to increment ('stalls', 'deferrals') or ''
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
     return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished_at', ARGV[5])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
+if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[6], 1) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 )
-"""End a running claim that is still ours (finished with a result, or abandoned)."""
+"""End a running claim that is still ours (finished with a result, or abandoned, counting why)."""
 
 
 class ClaimError(Exception):
@@ -112,6 +124,17 @@ class ClaimState(StrEnum):
     """Running elsewhere: ``holder`` runs it; try again in ``retry_after`` seconds."""
 
 
+class Abandoned(StrEnum):
+    """Why an attempt gave its claim up without a result; each reason has its own count."""
+
+    STALLED = "stalls"
+    """Its process died (killed, out of memory, hard time limit)."""
+    DEFERRED = "deferrals"
+    """The executor asked to come back later (model API overloaded)."""
+    REQUEUED = ""
+    """A shutdown cancelled it; not held against the operation."""
+
+
 @dataclass(frozen=True)
 class Claim:
     state: ClaimState
@@ -119,6 +142,14 @@ class Claim:
     result: dict[str, Any] | None = None
     holder: str | None = None
     retry_after: float = 0.0
+    busy_waits: int = 0
+    """Deliveries that found the operation running elsewhere (this one included)."""
+    stalled: bool = False
+    """The previous attempt's worker died while running it (its heartbeat ran out)."""
+    stalls: int = 0
+    """Attempts whose worker died, over the operation's life."""
+    deferrals: int = 0
+    """Attempts the executor deferred, over the operation's life."""
 
 
 class OperationClaims:
@@ -144,8 +175,12 @@ class OperationClaims:
         if state is ClaimState.FINISHED:
             return Claim(state, result=json.loads(reply[1]))
         if state is ClaimState.BUSY:
-            return Claim(state, holder=reply[1], retry_after=max(int(reply[2]), 0) / 1000)
-        return Claim(state, owner=owner)
+            return Claim(
+                state, holder=reply[1], retry_after=max(int(reply[2]), 0) / 1000, busy_waits=int(reply[3])
+            )
+        return Claim(
+            state, owner=owner, stalled=bool(int(reply[1])), stalls=int(reply[2]), deferrals=int(reply[3])
+        )
 
     def heartbeat(self, operation_id: str, owner: str) -> bool:
         """Extend our lease; False once another attempt took over (what the watchdog calls)."""
@@ -162,13 +197,13 @@ class OperationClaims:
         if not self._settle(operation_id, owner, FINISHED, json.dumps(result)):
             raise ClaimLost(operation_id, owner)
 
-    def abandon(self, operation_id: str, owner: str) -> None:
-        """Give up without a result, so the next delivery runs at once.
+    def abandon(self, operation_id: str, owner: str, why: Abandoned = Abandoned.REQUEUED) -> None:
+        """Give up without a result, so the next delivery runs at once, counting ``why``.
 
         Does nothing if the claim is no longer ours: it runs on failure and shutdown paths, where
         raising would hide the error that led here, and someone else's claim must stay.
         """
-        self._settle(operation_id, owner, ABANDONED, "")
+        self._settle(operation_id, owner, ABANDONED, "", why)
 
     def get(self, operation_id: str) -> dict[str, Any] | None:
         """The record as an operator sees it (``codeworker status``), or None."""
@@ -186,8 +221,9 @@ class OperationClaims:
         for name in ("claimed_at", "finished_at"):
             if name in record:
                 record[name] = float(record[name])
-        if "attempts" in record:
-            record["attempts"] = int(record["attempts"])
+        for name in ("attempts", "stalls", "deferrals", "busy_waits"):
+            if name in record:
+                record[name] = int(record[name])
         record["expires_in"] = record_pttl / 1000 if record_pttl >= 0 else None
         record["heartbeat_ttl"] = beat_pttl / 1000 if beat_pttl >= 0 else None
         return record
@@ -210,11 +246,13 @@ class OperationClaims:
     def _keys(self, operation_id: str) -> list[str]:
         return [self.keys.claim(operation_id), self.keys.heartbeat(operation_id)]
 
-    def _settle(self, operation_id: str, owner: str, state: str, result: str) -> bool:
+    def _settle(
+        self, operation_id: str, owner: str, state: str, result: str, why: Abandoned = Abandoned.REQUEUED
+    ) -> bool:
         return bool(
             SETTLE_SCRIPT(
                 keys=self._keys(operation_id),
-                args=[owner, state, result, self._ms(self.result_ttl), time.time()],
+                args=[owner, state, result, self._ms(self.result_ttl), time.time(), why.value],
                 client=self.client,
             )
         )

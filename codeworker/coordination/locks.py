@@ -2,8 +2,10 @@
 
 A lock is a hash at :meth:`Keys.lock` holding the owner token, the operation id, the repo and the
 path, with a PX TTL: a worker that dies leaks nothing for longer than one TTL. The owner token is
-unique per attempt (``{operation_id}:{hex}``) so the re-run of a crashed operation does not take
-the stale lock of its previous attempt for its own. Every compare is exact on that token.
+unique per attempt (``{operation_id}:{hex}``) so the re-run of a crashed operation never mistakes
+the stale lock of its previous attempt for its own: it takes that lock over (a new owner, a new
+fencing token), and the previous attempt, if it still runs, finds the lock lost. Every compare is
+exact on that token.
 
 Acquisition of all the files of a job is one Lua step (all or none) that also hands out a fencing
 token from the repository's counter. A :class:`~codeworker.coordination.watchdog.LockWatchdog`
@@ -36,7 +38,7 @@ ACQUIRE_SCRIPT = LuaScript(
 local owner = ARGV[1]
 for i = 2, #KEYS do
     local current = redis.call('HGET', KEYS[i], 'owner')
-    if current and current ~= owner then
+    if current and current ~= owner and redis.call('HGET', KEYS[i], 'operation_id') ~= ARGV[3] then
         return {0, i - 1, current}
     end
 end
@@ -48,7 +50,11 @@ end
 return {1, redis.call('INCR', KEYS[1])}
 """
 )
-"""Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner}``."""
+"""Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner}``.
+
+A lock held by an earlier attempt of the same operation is taken over rather than waited for: only
+the attempt holding the operation's claim acquires locks, so the earlier one is dead or superseded,
+and its watchdog finds the lock gone before it could push."""
 
 RENEW_SCRIPT = LuaScript(
     """

@@ -29,9 +29,14 @@ class OperationDeferred(RetryOperation):
     """The executor asked to come back later (model API overloaded); the workspace is clean."""
 
 
-def deferral_delay(attempt: int, asked: float) -> float:
+def deferral_delay(deferrals: int, asked: float) -> float:
     """Exponential backoff (30 s, 60 s, ... up to 10 min), never sooner than the API asked."""
-    return max(asked, min(600.0, 30.0 * 2**attempt))
+    return max(asked, min(600.0, 30.0 * 2**deferrals))
+
+
+def busy_delay(waits: int) -> float:
+    """Backoff for a copy that found its operation running elsewhere: 1 s, 2 s, 4 s, ... 30 s."""
+    return min(30.0, 2.0 ** max(waits - 1, 0))
 
 
 class StageFailed(Exception):

@@ -7,6 +7,7 @@ cancelled job's ``SystemExit`` included, releases exactly what was taken, newest
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -53,10 +54,13 @@ ProgressSink = Callable[[Progress], None]
 
 
 def branch_name(job: Job) -> str:
-    """``codeworker/<operation_type>/<short id>-<slug>``."""
+    """``codeworker/<operation_type>/<short id>-<digest>-<slug>``: the short id and the slug are for
+    people; the digest of the whole operation id keeps two operations from ever sharing a branch,
+    whatever their ids have in common."""
     slug = re.sub(r"[^a-z0-9]+", "-", job.description.lower()).strip("-")[:40].strip("-") or "change"
     short = re.sub(r"[^A-Za-z0-9]", "", job.operation_id)[:8] or "op"
-    return f"codeworker/{job.operation_type}/{short}-{slug}"
+    digest = hashlib.sha256(job.operation_id.encode()).hexdigest()[:12]
+    return f"codeworker/{job.operation_type}/{short}-{digest}-{slug}"
 
 
 class OperationRun:

@@ -23,7 +23,7 @@ import redis
 
 from codeworker import logs
 from codeworker.config import Settings, get_settings
-from codeworker.coordination.claims import ClaimState, OperationClaims
+from codeworker.coordination.claims import Abandoned, Claim, ClaimLost, ClaimState, OperationClaims
 from codeworker.coordination.connection import redis_client
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
@@ -32,9 +32,9 @@ from codeworker.executors.base import Executor, RetryLater
 from codeworker.executors.registry import UnknownExecutor, load_executor
 from codeworker.git.mirrors import Mirrors
 from codeworker.github import PullRequests
-from codeworker.models import InvalidJob, Result, Status, parse_job
+from codeworker.models import InvalidJob, Job, Result, Status, parse_job
 from codeworker.names import is_operation_id
-from codeworker.pipeline.errors import OperationBusy, OperationDeferred, deferral_delay
+from codeworker.pipeline.errors import OperationBusy, OperationDeferred, busy_delay, deferral_delay
 from codeworker.pipeline.run import OperationRun, ProgressSink, quietly
 from codeworker.secrets.scanner import SecretScanner
 from codeworker.worker.journal import ActiveJob, ActiveJobs
@@ -85,11 +85,18 @@ class Pipeline:
         )
 
     def run(
-        self, raw: Any, operation_type: str, progress: ProgressSink | None = None, attempt: int = 0
+        self,
+        raw: Any,
+        operation_type: str,
+        progress: ProgressSink | None = None,
+        *,
+        task_id: str | None = None,
+        redelivered: bool = False,
     ) -> dict[str, Any]:
         """Run one job to its result (a JSON-able dict). Raises only RetryOperation.
 
-        ``attempt`` counts earlier deferrals of this delivery (Celery's retries).
+        ``task_id`` (the Celery task id, the same on every delivery and retry of one message) is
+        the operation id of a job sent without one, so a redelivery is the same operation.
         """
         started = time.monotonic()
         try:
@@ -98,6 +105,7 @@ class Pipeline:
                 operation_type=operation_type,
                 allowed_repos=self.settings.allowed_repos,
                 max_iterations_cap=self.settings.max_iterations_cap,
+                default_operation_id=task_id,
             )
             executor = self.resolve_executor(job.executor, job.operation_type)
         except (InvalidJob, UnknownExecutor) as exc:
@@ -110,36 +118,88 @@ class Pipeline:
                 assert claim.result is not None
                 return claim.result
             if claim.state is ClaimState.BUSY:
-                busy = OperationBusy(job.operation_id, claim.holder, claim.retry_after)
-                log.info("operation retried: %s", busy, extra={"lifecycle": "retried"})
-                raise busy
+                return self._busy(job, claim)
             assert claim.owner is not None
+            if claim.stalled:
+                log.warning(
+                    "operation stalled: its worker died while running it",
+                    extra={"lifecycle": "stalled", "stalls": claim.stalls},
+                )
+            if redelivered:
+                log.warning("operation redelivered", extra={"lifecycle": "redelivered"})
+            if claim.stalls > self.settings.max_stalls:
+                return self._give_up(
+                    job,
+                    claim.owner,
+                    f"its worker died {claim.stalls} times while running it (CODEWORKER_MAX_STALLS "
+                    f"is {self.settings.max_stalls}); not running it again",
+                )
             log.info(
                 "operation active",
-                extra={"lifecycle": "active", "operation_type": job.operation_type, "attempt": attempt},
+                extra={
+                    "lifecycle": "active",
+                    "operation_type": job.operation_type,
+                    "deferrals": claim.deferrals,
+                    "stalls": claim.stalls,
+                },
             )
             run = OperationRun(self, job, executor, claim.owner, progress, started)
             try:
-                result = run.execute(final_attempt=attempt >= self.settings.max_deferrals)
+                result = run.execute(final_attempt=claim.deferrals >= self.settings.max_deferrals)
             except RetryLater as exc:
                 self.journal.remove(job.operation_id)
-                self.claims.abandon(job.operation_id, claim.owner)
-                delay = deferral_delay(attempt, exc.retry_after)
+                self.claims.abandon(job.operation_id, claim.owner, Abandoned.DEFERRED)
+                delay = deferral_delay(claim.deferrals, exc.retry_after)
                 log.warning(
                     "operation retried: %s; again in %.0f s", exc, delay, extra={"lifecycle": "retried"}
                 )
                 raise OperationDeferred(str(exc), delay) from None
             # Only a job that really ended leaves the journal: one cancelled by a shutdown
             # (SystemExit in the pool child) stays, for the main process to abandon.
-            self.claims.finish(job.operation_id, claim.owner, result)
-            self.journal.remove(job.operation_id)
-            outcome = "completed" if result["success"] else "failed"
-            log.info(
-                "operation %s",
-                outcome,
-                extra={"lifecycle": outcome, "status": result["status"], "duration": result["duration"]},
-            )
+            self._record(job, claim.owner, result)
             return result
+
+    def _busy(self, job: Job, claim: Claim) -> dict[str, Any]:
+        """A copy runs elsewhere: come back soon (a duplicate of a job that is about to finish
+        answers within seconds), backing off, for at most ``max_busy_waits`` deliveries."""
+        if claim.busy_waits > self.settings.max_busy_waits:
+            error = (
+                f"operation {job.operation_id} was still running on {claim.holder} after "
+                f"{claim.busy_waits - 1} waits (CODEWORKER_MAX_BUSY_WAITS); this copy gives up"
+            )
+            return self._failure(job, error)
+        delay = min(claim.retry_after, busy_delay(claim.busy_waits))
+        busy = OperationBusy(job.operation_id, claim.holder, delay)
+        log.info("operation retried: %s", busy, extra={"lifecycle": "retried"})
+        raise busy
+
+    def _give_up(self, job: Job, owner: str, error: str) -> dict[str, Any]:
+        """End the operation failed without running it (it stalled too often)."""
+        result = self._failure(job, error)
+        self._record(job, owner, result)
+        return result
+
+    @staticmethod
+    def _failure(job: Job, error: str) -> dict[str, Any]:
+        log.warning("operation failed: %s", error, extra={"status": Status.FAILED})
+        return Result(
+            success=False, operation_id=job.operation_id, status=Status.FAILED, error=error
+        ).model_dump(mode="json")
+
+    def _record(self, job: Job, owner: str, result: dict[str, Any]) -> None:
+        """Store the result for redeliveries and leave the journal. An attempt that lost its claim
+        meanwhile stores nothing: the live attempt's result is the operation's."""
+        try:
+            self.claims.finish(job.operation_id, owner, result)
+        except ClaimLost:
+            log.warning("operation taken over by another attempt; this attempt's result is not recorded")
+        self.journal.remove(job.operation_id)
+        outcome = "completed" if result["success"] else "failed"
+        log.info(
+            "operation %s",
+            outcome,
+            extra={"lifecycle": outcome, "status": result["status"], "duration": result["duration"]},
+        )
 
     def reject(self, raw: Any, exc: InvalidJob | UnknownExecutor) -> dict[str, Any]:
         """The result of a job that cannot run as sent: status invalid, never retried. The sent
@@ -153,10 +213,35 @@ class Pipeline:
             error=logs.scrub(str(exc)),
         ).model_dump(mode="json")
 
-    def abandon(self, entry: ActiveJob, reason: str) -> None:
-        """Clean up after a job whose process was killed (shutdown, crash): its locks, its branch
-        record, its worktree and its claim, so a redelivery starts from scratch at once."""
+    def abandon(
+        self,
+        entry: ActiveJob,
+        reason: str,
+        journal: ActiveJobs | None = None,
+        why: Abandoned = Abandoned.REQUEUED,
+    ) -> None:
+        """Clean up after a job whose process was killed (shutdown, crash, a dead worker): its
+        locks, its branch record, its worktree and its claim, so a redelivery starts from scratch
+        at once; ``why`` is counted on the claim. Only while the killed attempt still holds the
+        operation's claim: an operation finished meanwhile, or taken over by another attempt, is
+        that attempt's, and nothing of it is touched. Either way the entry leaves ``journal``, the
+        one it was read from (this process's by default; a dead worker's when adopting)."""
+        journal = self.journal if journal is None else journal
         with logs.bound_operation(entry.operation_id):
+            # Re-arming the killed attempt's lease checks, in one Redis step, that it still holds
+            # the running claim, and keeps any other attempt from claiming the operation (and
+            # registering the same branch) while its leftovers are cleaned up.
+            if not self.claims.heartbeat(entry.operation_id, entry.claim_owner):
+                claim = self.claims.get(entry.operation_id) or {}
+                log.warning(
+                    "operation no longer held by the attempt that was killed (claim %s); leaving "
+                    "its records alone: %s",
+                    claim.get("state", "expired"),
+                    reason,
+                    extra={"stage": entry.stage},
+                )
+                journal.remove(entry.operation_id)
+                return
             log.warning(
                 "operation stalled, abandoning it: %s",
                 reason,
@@ -172,7 +257,7 @@ class Pipeline:
                     adopt=(entry.lock_owner, entry.locked),
                 ).release,
                 lambda: self.mirrors.discard(entry.repository, entry.operation_id, entry.branch),
-                lambda: self.claims.abandon(entry.operation_id, entry.claim_owner),
+                lambda: self.claims.abandon(entry.operation_id, entry.claim_owner, why),
             ]
             record = self.registry.get(entry.repo, entry.branch)
             if (
@@ -183,7 +268,7 @@ class Pipeline:
                 steps.insert(0, lambda: self._abandon_branch(entry, reason))
             for step in steps:
                 quietly(step)
-            self.journal.remove(entry.operation_id)
+            journal.remove(entry.operation_id)
 
     def _abandon_branch(self, entry: ActiveJob, reason: str) -> None:
         self.registry.transition(entry.repo, entry.branch, BranchStatus.ABANDONED, error=reason)

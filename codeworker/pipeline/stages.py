@@ -212,8 +212,12 @@ def _check_change_size(run: OperationRun) -> None:
 
 
 def _check_leases(run: OperationRun) -> None:
-    """Stop before anything leaves the machine if a lock was lost (expired or taken)."""
-    if run.watchdog.is_lost:
-        what = ", ".join(run.watchdog.lost) or "the operation's claim (another worker took it over)"
+    """Stop before anything leaves the machine if a lock or the claim was lost (expired or taken).
+
+    Asked of Redis now, not only of the watchdog's last beat: an attempt superseded since then
+    must not push."""
+    claim_held = run.p.claims.heartbeat(run.job.operation_id, run.owner)
+    if run.watchdog.is_lost or not claim_held:
+        what = ", ".join(run.watchdog.lost) or "the operation's claim (another attempt took it over)"
         raise StageFailed(Status.FAILED, f"lost the lock on {what}; stopped before pushing")
     run.locks.verify()

@@ -22,6 +22,7 @@ from codeworker.models import OperationType
 from codeworker.pipeline.service import WORKER_PID_ENV
 from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.worker import metrics, orphans
+from codeworker.worker.journal import WORKER_ID_ENV, ActiveJobs
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ def _structured_logs(logger: logging.Logger, **_: Any) -> None:
 
 
 def _before_the_pool_forks(sender: Any = None, **_: Any) -> None:
-    """Children inherit both: the journal's owner pid and a fresh metrics directory. Then the
-    main process takes on what only it can do for jobs whose child is gone."""
+    """Children inherit both: the journal (its worker's pid and id) and a fresh metrics
+    directory. Then the main process takes on what only it can do for jobs whose child is gone."""
     settings = get_settings()
     try:
         check_sandbox(settings)
@@ -46,6 +47,8 @@ def _before_the_pool_forks(sender: Any = None, **_: Any) -> None:
             "codeworker worker refuses to start: GITHUB_TOKEN is not set (needed to clone and push)"
         )
     os.environ[WORKER_PID_ENV] = str(os.getpid())
+    # Made and locked now, so the adoption below passes it over and the children write to it.
+    os.environ[WORKER_ID_ENV] = ActiveJobs.of_worker(settings.workspace_root, os.getpid()).worker_id
     metrics.use_directory(settings.metrics_dir / str(os.getpid()))
     orphans.adopt_orphans()
     orphans.Reaper(settings.reap_interval).start()
@@ -82,9 +85,8 @@ def _count_job_started(task_id: str, task: Any, **_: Any) -> None:
         return
     _job_started[task_id] = time.monotonic()
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    # The pipeline logs the redelivery once it knows the operation (after "stalled", if it was).
     metrics.job_started(operation_type, redelivered=redelivered)
-    if redelivered:
-        log.warning("job %s redelivered", task_id, extra={"lifecycle": "redelivered"})
 
 
 def _count_job_finished(

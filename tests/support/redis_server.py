@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -19,14 +20,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class RedisServer:
-    """Starts ``redis-server`` with no persistence; ``stop()``/``start()`` simulate an outage."""
+NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
+"""Everything is lost when the server stops (the default)."""
 
-    def __init__(self) -> None:
+RDB_PERSISTENCE = ("--save", "3600 1", "--appendonly", "no")
+"""A snapshot (``dump.rdb``) is written when the server shuts down, and loaded when it starts."""
+
+AOF_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
+"""Every write is appended to the AOF (and fsynced) before the reply, and replayed at start."""
+
+
+class RedisServer:
+    """Starts ``redis-server``; ``stop()``/``start()`` simulate an outage, ``restart()`` a restart
+    on the same port and directory. ``persistence``: the server's ``--save``/``--appendonly``
+    options, :data:`NO_PERSISTENCE` unless given."""
+
+    def __init__(self, persistence: Sequence[str] = NO_PERSISTENCE) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
+        self.persistence = tuple(persistence)
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cw-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,10 +57,7 @@ class RedisServer:
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *self.persistence,
                 "--dir",
                 str(self.dir),
                 "--loglevel",
@@ -67,10 +78,30 @@ class RedisServer:
         redis.Redis.from_url(self.url).ping()
 
     def stop(self) -> None:
+        """SIGTERM: a clean shutdown (with persistence, the data is saved first); every client's
+        connection is closed."""
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: what clients see of ``systemctl restart``."""
+        self.stop()
+        self.start()
+
+    def clients(self) -> list[dict]:
+        """``CLIENT LIST``: every connection with its ``id`` (in order of connection since the
+        server started) and last command ``cmd``."""
+        with redis.Redis.from_url(self.url, decode_responses=True) as client:
+            return client.client_list()
+
+    def drop_connections(self) -> None:
+        """Close every client's connection, as a failing network or proxy would; the server and
+        its data stay."""
+        with redis.Redis.from_url(self.url) as client:
+            for kind in ("normal", "pubsub"):
+                client.client_kill_filter(_type=kind)
 
     def close(self) -> None:
         self.stop()

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support.waiting import wait_until
+
 BIN = Path(sys.executable).parent
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -57,6 +59,9 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group, so a test can kill the worker and its pool at once, as a
+            # machine that dies would.
+            start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(timeout) or self.process.poll() is not None:
@@ -91,6 +96,16 @@ class WorkerProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
+    def kill(self) -> None:
+        """SIGKILL the whole worker, pool children included (its process group), and return once
+        none of them runs any more (a dying child could still hold a file or a FIFO open)."""
+        assert self.process is not None
+        group = self.process.pid
+        os.killpg(group, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+        wait_until(lambda: not running_in_group(group), timeout=30, what=f"process group {group} to die")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process is None:
             return 0
@@ -103,6 +118,30 @@ class WorkerProcess:
             code = self.process.wait()
         self.process = None
         return code
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def running_in_group(group: int) -> list[int]:
+    """Pids of the processes of process group ``group`` that still run (zombies excluded)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            pids.append(int(entry.name))
+    return pids
 
 
 def get(port: int, path: str) -> tuple[int, Any]:
