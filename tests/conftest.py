@@ -97,6 +97,22 @@ def broker_url(redis_server: RedisServer) -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture()
+def broker(broker_url: str) -> Iterator[redis.Redis]:
+    """A client of the broker's database, to look at queues, unacked messages and keys."""
+    client = redis.Redis.from_url(broker_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def celery_client(broker_url: str) -> Iterator[Celery]:
+    """A sender with Celery's default settings, as a backend that knows only the task names."""
+    app = Celery(broker=broker_url, backend=broker_url)
+    yield app
+    app.close()
+
+
 @pytest.fixture(scope="module")
 def workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workspace")

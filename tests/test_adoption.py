@@ -14,7 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import redis
 
 from codeworker.coordination.claims import OperationClaims
@@ -28,22 +27,6 @@ from tests.support.worker import WorkerProcess, get
 
 ADOPTED = "adopted "
 """What a worker logs when it takes over a dead worker's jobs."""
-
-
-@pytest.fixture()
-def broker(broker_url: str):
-    client = redis.Redis.from_url(broker_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def celery_client(broker_url: str):
-    from celery import Celery
-
-    app = Celery(broker=broker_url, backend=broker_url)
-    yield app
-    app.close()
 
 
 GRACE = 2

@@ -33,22 +33,6 @@ def shutdown_env(worker_env: dict) -> dict:
     return {**worker_env, "CODEWORKER_SHUTDOWN_GRACE": str(GRACE)}
 
 
-@pytest.fixture()
-def broker(broker_url: str):
-    client = redis.Redis.from_url(broker_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def celery_client(broker_url: str):
-    from celery import Celery
-
-    app = Celery(broker=broker_url, backend=broker_url)
-    yield app
-    app.close()
-
-
 def test_sigterm_requeues_a_long_job_cleans_up_and_a_second_worker_completes_it(
     shutdown_env, broker, celery_client, git_server, github_stub, registry, workspace_root, tmp_path
 ):

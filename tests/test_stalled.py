@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from celery import Celery
 
 from codeworker.config import Settings
 from codeworker.coordination.claims import OperationClaims
@@ -44,21 +43,6 @@ def broker_url(redis_server) -> str:
 
 
 @pytest.fixture()
-def store(broker_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(broker_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def sender(broker_url: str) -> Iterator[Celery]:
-    """A backend with Celery's default settings (its own visibility timeout is an hour)."""
-    app = Celery(broker=broker_url, backend=broker_url)
-    yield app
-    app.close()
-
-
-@pytest.fixture()
 def fleet(worker_env: dict, tmp_path) -> Iterator[Fleet]:
     fleet = Fleet({**worker_env, **SHORT}, tmp_path / "machines")
     yield fleet
@@ -67,32 +51,32 @@ def fleet(worker_env: dict, tmp_path) -> Iterator[Fleet]:
     fleet.stop()
 
 
-def finished_once(result: dict, job: GatedJob, git_server, github_stub, store) -> None:
+def finished_once(result: dict, job: GatedJob, git_server, github_stub, broker) -> None:
     assert result["success"] is True, result["error"]
     assert result["status"] == "pr_open"
     assert pushes(git_server, job.name) == 1
     assert len(github_stub.pull_requests("acme", job.name)) == 1
-    assert locks_left(store, job.url) == []
+    assert locks_left(broker, job.url) == []
 
 
 def test_a_killed_workers_jobs_run_again_elsewhere_five_times_over(
-    fleet, sender, store, git_server, github_stub, tmp_path
+    fleet, celery_client, broker, git_server, github_stub, tmp_path
 ):
     fleet.start()
     fleet.start()
     recoveries = []
     for round_ in range(5):
         job = GatedJob.create(git_server, tmp_path, with_operation_id=round_ % 2 == 0)
-        pending = sender.send_task("codeworker.refactor", args=[job.job], queue="code-operation")
+        pending = job.send(celery_client)
         operation_id = job.job.get("operation_id", pending.id)
         seconds, fd = kill_and_time_recovery(fleet, job, operation_id, job.park())
         recoveries.append(seconds)
         release(fd)
         result = pending.get(timeout=RESULT_TIMEOUT)
 
-        finished_once(result, job, git_server, github_stub, store)
+        finished_once(result, job, git_server, github_stub, broker)
         assert result["operation_id"] == operation_id
-        assert OperationClaims(store, Keys(), 1, 60).get(operation_id)["stalls"] == 1
+        assert OperationClaims(broker, Keys(), 1, 60).get(operation_id)["stalls"] == 1
         fleet.start()  # the dead machine's replacement
     survivor_log = "\n".join(worker.output for worker in fleet.workers)
     assert '"lifecycle": "stalled"' in survivor_log and '"lifecycle": "redelivered"' in survivor_log
@@ -102,7 +86,9 @@ def test_a_killed_workers_jobs_run_again_elsewhere_five_times_over(
     assert max(recoveries) < 6 + 0.5 + 10  # timeout + restore interval + starting the job again
 
 
-def test_recovery_with_the_default_settings(worker_env, sender, store, git_server, github_stub, tmp_path):
+def test_recovery_with_the_default_settings(
+    worker_env, celery_client, broker, git_server, github_stub, tmp_path
+):
     defaults = {k: v for k, v in worker_env.items() if k != "CODEWORKER_CLAIM_TTL"}
     defaults["CODEWORKER_SETUP_NETWORK"] = "none"
     fleet = Fleet(defaults, tmp_path / "machines")
@@ -110,10 +96,10 @@ def test_recovery_with_the_default_settings(worker_env, sender, store, git_serve
         fleet.start()
         fleet.start()
         job = GatedJob.create(git_server, tmp_path)
-        pending = job.send(sender)
+        pending = job.send(celery_client)
         seconds, fd = kill_and_time_recovery(fleet, job, job.job["operation_id"], job.park(), timeout=90)
         release(fd)
-        finished_once(pending.get(timeout=RESULT_TIMEOUT), job, git_server, github_stub, store)
+        finished_once(pending.get(timeout=RESULT_TIMEOUT), job, git_server, github_stub, broker)
     finally:
         fleet.stop()
     print(f"recovery with the default settings: {seconds:.1f} s")
@@ -122,37 +108,37 @@ def test_recovery_with_the_default_settings(worker_env, sender, store, git_serve
     assert seconds < RECOVERY_BOUND
 
 
-def unacked_score(store: redis.Redis, task_id: str) -> float | None:
-    for tag, raw in store.hgetall("unacked").items():
+def unacked_score(broker: redis.Redis, task_id: str) -> float | None:
+    for tag, raw in broker.hgetall("unacked").items():
         if json.loads(raw)[0]["headers"]["id"] == task_id:
-            return store.zscore("unacked_index", tag)
+            return broker.zscore("unacked_index", tag)
     return None
 
 
 def test_a_long_job_on_a_live_worker_is_never_handed_out_again(
-    fleet, sender, store, git_server, github_stub, tmp_path
+    fleet, celery_client, broker, git_server, github_stub, tmp_path
 ):
     first = fleet.start()
     second = fleet.start()
     job = GatedJob.create(git_server, tmp_path)
-    pending = job.send(sender)
+    pending = job.send(celery_client)
     fd = job.park()
-    delivered = unacked_score(store, pending.id)
+    delivered = unacked_score(broker, pending.id)
     assert delivered is not None
     # Parked for three visibility timeouts (6 s), each refresh observed in Redis: the message's
     # score moves on while no other worker gets it.
     seen = {delivered}
 
     def refreshed() -> bool:
-        score = unacked_score(store, pending.id)
+        score = unacked_score(broker, pending.id)
         assert score is not None, "the running job's message left the unacked set"
         seen.add(score)
         return max(seen) - delivered > 3 * 6
 
     wait_until(refreshed, timeout=60, interval=0.2)
-    assert store.llen("code-operation") == 0
+    assert broker.llen("code-operation") == 0
     release(fd)
-    finished_once(pending.get(timeout=RESULT_TIMEOUT), job, git_server, github_stub, store)
+    finished_once(pending.get(timeout=RESULT_TIMEOUT), job, git_server, github_stub, broker)
     runs = [
         worker
         for worker in (first, second)
@@ -162,27 +148,27 @@ def test_a_long_job_on_a_live_worker_is_never_handed_out_again(
 
 
 def test_the_same_operation_sent_twice_at_once_runs_once(
-    fleet, sender, store, git_server, github_stub, tmp_path
+    fleet, celery_client, broker, git_server, github_stub, tmp_path
 ):
     fleet.start()
     fleet.start()
     job = GatedJob.create(git_server, tmp_path)
     job.job["description"] = json.dumps({"write": {"app.py": "GREETING = 'hey'\n"}})
-    first, second = job.send(sender), job.send(sender)
+    first, second = job.send(celery_client), job.send(celery_client)
     results = [first.get(timeout=RESULT_TIMEOUT), second.get(timeout=RESULT_TIMEOUT)]
 
     assert results[0] == results[1]
-    finished_once(results[0], job, git_server, github_stub, store)
+    finished_once(results[0], job, git_server, github_stub, broker)
 
 
-def test_a_superseded_attempt_pushes_nothing(fleet, sender, store, git_server, github_stub, tmp_path):
+def test_a_superseded_attempt_pushes_nothing(fleet, celery_client, broker, git_server, github_stub, tmp_path):
     fleet.start()
     job = GatedJob.create(git_server, tmp_path)
-    pending = job.send(sender)
+    pending = job.send(celery_client)
     fd = job.park()
-    claims = OperationClaims(store, Keys(), 60, 600)
+    claims = OperationClaims(broker, Keys(), 60, 600)
     # Another attempt takes the operation over, as one would after this one's heartbeat lapsed.
-    store.delete(Keys().heartbeat(job.job["operation_id"]))
+    broker.delete(Keys().heartbeat(job.job["operation_id"]))
     assert claims.claim(job.job["operation_id"]).state == "claimed"
     release(fd)
 

@@ -192,7 +192,10 @@ class Pipeline:
         try:
             self.claims.finish(job.operation_id, owner, result)
         except ClaimLost:
-            log.warning("operation taken over by another attempt; this attempt's result is not recorded")
+            log.warning(
+                "this attempt no longer holds the claim (taken over, or Redis lost it); "
+                "its result is not recorded"
+            )
         self.journal.remove(job.operation_id)
         outcome = "completed" if result["success"] else "failed"
         log.info(

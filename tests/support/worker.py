@@ -120,15 +120,6 @@ class WorkerProcess:
         return code
 
 
-def running(pid: int) -> bool:
-    """``pid`` exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def running_in_group(group: int) -> list[int]:
     """Pids of the processes of process group ``group`` that still run (zombies excluded)."""
     pids = []
