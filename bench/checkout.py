@@ -57,7 +57,7 @@ def main() -> None:
             shutil.rmtree(target)
 
         def worktree(n: int) -> None:
-            mirrors.checkout(url, "main", f"bench/{n}", f"bench-{n}").remove()
+            mirrors.checkout(url, "main", f"bench/{n}", f"bench-{n}", "a1").remove()
 
         worktree(-1)  # the first job of a machine clones the mirror; every later one only fetches
         baseline = [timed(lambda n=n: clone(n)) for n in range(args.jobs)]

@@ -46,7 +46,7 @@ def objects_size(mirror: Path) -> int:
 def assert_nothing_left(pipe: Pipeline, job: dict) -> None:
     """No lock, no worktree, no journal entry; the result is recorded, so it is never run again."""
     assert list(pipe.redis.scan_iter(Keys().lock_pattern())) == []
-    assert not (pipe.settings.workspace_root / "worktrees" / job["operation_id"]).exists()
+    assert list((pipe.settings.workspace_root / "worktrees").glob(f"{job['operation_id']}.*")) == []
     assert pipe.journal.all() == []
     assert pipe.claims.get(job["operation_id"])["state"] == "finished"
 
@@ -113,10 +113,10 @@ def test_a_mirror_already_over_a_lowered_limit_fails_without_fetching(pipe, git_
     lowered = Mirrors(tmp_path / "ws", pipe.settings.github_token, max_repo_bytes=stored - 1)
     requests = len(git_server.requests)
     with pytest.raises(RepositoryTooLarge) as refused:
-        lowered.checkout(url, "main", "codeworker/refactor/x", "op-grown")
+        lowered.checkout(url, "main", "codeworker/refactor/x", "op-grown", "a1")
     assert refused.value.size == stored and refused.value.limit == stored - 1
     assert len(git_server.requests) == requests  # refused before any network round trip
-    assert not lowered.worktree_path("op-grown").exists()
+    assert not lowered.worktree_path("op-grown", "a1").exists()
 
 
 # -- change size ----------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_a_change_within_the_limits_is_pushed(pipe, git_server):
 def tools(pipe, git_server) -> Iterator[Tools]:
     """The editor over a real checkout of a real repository, with real locks, limited to 1000 bytes."""
     name, url = new_repo(git_server, {"small.py": "a = 1\nb = 2\n", "big.txt": "y" * 1500 + "\n"})
-    worktree = pipe.mirrors.checkout(url, "main", f"codeworker/refactor/{name}", f"op-{name}")
+    worktree = pipe.mirrors.checkout(url, "main", f"codeworker/refactor/{name}", f"op-{name}", "a1")
     locks = FileLocks(pipe.redis, pipe.keys, repo_id(url), f"op-{name}", ttl=30)
     checkout = Checkout(worktree, locks, pipe.settings, None)
     yield Tools(checkout, 10_000, 1_000)

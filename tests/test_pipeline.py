@@ -33,7 +33,7 @@ def assert_clean(pipe: Pipeline, job: Job) -> None:
     """No lock left, no worktree left."""
     assert list(pipe.redis.scan_iter(Keys().lock_pattern())) == []
     worktrees = pipe.settings.workspace_root / "worktrees"
-    assert not (worktrees / job.operation_id).exists()
+    assert list(worktrees.glob(f"{job.operation_id}.*")) == []
 
 
 def test_stages_are_reported_in_order(pipe, repo):

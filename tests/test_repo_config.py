@@ -282,4 +282,4 @@ def test_a_broken_file_fails_the_job_clearly_and_pushes_nothing(pipe, git_server
     assert result["error"] == ".codeworker.yml is invalid: test_command: Input should be a valid string"
     assert git_server.branches("acme", name) == ["main"]
     assert list(pipe.redis.scan_iter(Keys().lock_pattern())) == []
-    assert not (pipe.settings.workspace_root / "worktrees" / result["operation_id"]).exists()
+    assert list((pipe.settings.workspace_root / "worktrees").glob(f"{result['operation_id']}.*")) == []

@@ -50,7 +50,7 @@ def test_sigterm_requeues_a_long_job_cleans_up_and_a_second_worker_completes_it(
     other_job = scripted_job(other_url, other_name, {"write": {"NOTES.md": "notes\n"}})
 
     lock_key = Keys().lock(repo_id(url), "app.py")
-    worktree = workspace_root / "worktrees" / job["operation_id"]
+    worktrees = workspace_root / "worktrees"
 
     first = WorkerProcess({**shutdown_env, "PORT": str(free_port())}, name="shutdown-1").start()
     second: WorkerProcess | None = None
@@ -66,6 +66,7 @@ def test_sigterm_requeues_a_long_job_cleans_up_and_a_second_worker_completes_it(
         branch = record.branch
         assert record.status == BranchStatus.ACTIVE
         assert record.operation_id == job["operation_id"]
+        [worktree] = worktrees.glob(f"{job['operation_id']}.*")  # the attempt's own
         assert worktree.is_dir()
 
         signalled = time.monotonic()

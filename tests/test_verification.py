@@ -50,7 +50,7 @@ def open_job(tmp_path: Path, git_server: GitServer, redis_client: redis.Redis) -
             allowed_repos=[git_server.base_url],
             max_iterations_cap=10,
         )
-        worktree = mirrors.checkout(url, "main", f"codeworker/{job.operation_id}", job.operation_id)
+        worktree = mirrors.checkout(url, "main", f"codeworker/{job.operation_id}", job.operation_id, "a1")
         locks = FileLocks(redis_client, Keys(), repo_id(url), job.operation_id, 30)
         box = Checkout(worktree, locks, settings, job.test_command)
         opened.append((box, worktree))

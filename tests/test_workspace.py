@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pygit2
 import pytest
 from pydantic import SecretStr
 
@@ -54,7 +55,7 @@ def mirrors(tmp_path: Path) -> Mirrors:
 
 @pytest.fixture()
 def worktree(mirrors: Mirrors, repo: Repo) -> Iterator[Worktree]:
-    wt = mirrors.checkout(repo.url, "main", "codeworker/op-1", "op-1")
+    wt = mirrors.checkout(repo.url, "main", "codeworker/op-1", "op-1", "a1")
     yield wt
     wt.remove()
 
@@ -76,7 +77,7 @@ def test_checkout_creates_branch_at_base(git_server: GitServer, repo: Repo, work
     assert (worktree.path / "src" / "app.py").read_text() == "def f():\n    return 1\n"
     assert worktree.base_commit == git_server.ref_sha(repo.owner, repo.name, "main")
     head = worktree.repository().head
-    assert head.name == "refs/heads/codeworker/op-1"
+    assert head.name == "refs/heads/codeworker/op-1.a1"  # the attempt's own branch
     assert str(head.target) == worktree.base_commit
     assert worktree.commits() == []
     assert worktree.changed_files() == []
@@ -84,16 +85,16 @@ def test_checkout_creates_branch_at_base(git_server: GitServer, repo: Repo, work
 
 def test_missing_base_branch(mirrors: Mirrors, repo: Repo) -> None:
     with pytest.raises(BaseBranchMissing) as info:
-        mirrors.checkout(repo.url, "develop", "codeworker/x", "op-x")
+        mirrors.checkout(repo.url, "develop", "codeworker/x", "op-x", "a1")
     assert info.value.base == "develop"
-    assert not mirrors.worktree_path("op-x").exists()
+    assert not mirrors.worktree_path("op-x", "a1").exists()
 
 
 @pytest.mark.parametrize("token", ["", "wrong-token"])
 def test_wrong_or_missing_token_is_a_clear_error(tmp_path: Path, repo: Repo, token: str) -> None:
     mirrors = Mirrors(tmp_path / "ws", SecretStr(token))
     with pytest.raises(AuthenticationFailed) as info:
-        mirrors.checkout(repo.url, "main", "codeworker/x", "op-x")
+        mirrors.checkout(repo.url, "main", "codeworker/x", "op-x", "a1")
     assert isinstance(info.value, GitError)
     assert "refused the token" in str(info.value)
     assert TOKEN not in str(info.value)
@@ -104,7 +105,7 @@ def test_wrong_or_missing_token_is_a_clear_error(tmp_path: Path, repo: Repo, tok
 def test_second_checkout_fetches_instead_of_cloning(
     git_server: GitServer, mirrors: Mirrors, repo: Repo
 ) -> None:
-    first = mirrors.checkout(repo.url, "main", "codeworker/a", "op-a")
+    first = mirrors.checkout(repo.url, "main", "codeworker/a", "op-a", "a1")
     mirror = mirrors.mirror_path(repo.url)
     inode = mirror.stat().st_ino
     packs = set((mirror / "objects" / "pack").glob("*.pack"))
@@ -112,14 +113,14 @@ def test_second_checkout_fetches_instead_of_cloning(
 
     # Nothing moved on the server: only the ref advertisement, no pack negotiation at all.
     start = len(git_server.requests)
-    second = mirrors.checkout(repo.url, "main", "codeworker/b", "op-b")
+    second = mirrors.checkout(repo.url, "main", "codeworker/b", "op-b", "a1")
     assert _requests_for(git_server, repo, start) == [
         ("GET", f"/{repo.owner}/{repo.name}.git/info/refs?service=git-upload-pack")
     ]
 
     # The base moved: an incremental fetch into the same mirror, earlier packs kept.
     moved = git_server.commit_on(repo.owner, repo.name, "main", {"new.txt": "n\n"}, "move base")
-    third = mirrors.checkout(repo.url, "main", "codeworker/c", "op-c")
+    third = mirrors.checkout(repo.url, "main", "codeworker/c", "op-c", "a1")
     assert third.base_commit == moved
     assert (third.path / "new.txt").read_text() == "n\n"
     assert mirror.stat().st_ino == inode
@@ -128,32 +129,34 @@ def test_second_checkout_fetches_instead_of_cloning(
         wt.remove()
 
 
-def test_stale_worktree_of_a_crashed_attempt_is_replaced(mirrors: Mirrors, repo: Repo) -> None:
-    crashed = mirrors.checkout(repo.url, "main", "codeworker/retry", "op-retry")
+def test_each_attempt_has_its_own_worktree_and_local_branch(mirrors: Mirrors, repo: Repo) -> None:
+    crashed = mirrors.checkout(repo.url, "main", "codeworker/retry", "op-retry", "a1")
     (crashed.path / "junk.txt").write_text("half-done work\n")
-    crashed.commit("half-done", *AUTHOR)
+    half_done = crashed.commit("half-done", *AUTHOR)
 
-    retry = mirrors.checkout(repo.url, "main", "codeworker/retry", "op-retry")
-    assert retry.path == crashed.path
+    retry = mirrors.checkout(repo.url, "main", "codeworker/retry", "op-retry", "a2")
+    assert retry.path != crashed.path and retry.local_branch != crashed.local_branch
     assert not (retry.path / "junk.txt").exists()
     assert str(retry.repository().head.target) == retry.base_commit
     assert retry.commits() == []
     retry.remove()
+    # The retry's cleanup leaves the other attempt's worktree and branch alone.
+    assert (crashed.path / "junk.txt").exists()
+    assert crashed.commits() == [half_done]
+    mirrors.discard(repo.url, "op-retry", "codeworker/retry", "a1")
+    assert not crashed.path.exists()
+    mirror = pygit2.Repository(str(mirrors.mirror_path(repo.url)))
+    assert [ref for ref in mirror.references if ref.startswith("refs/heads/codeworker/retry")] == []
 
 
 def test_git_lock_files_left_by_a_killed_worker_are_cleared(mirrors: Mirrors, repo: Repo) -> None:
-    crashed = mirrors.checkout(repo.url, "main", "codeworker/killed", "op-killed")
+    mirrors.checkout(repo.url, "main", "codeworker/killed", "op-killed", "a1")
     mirror = mirrors.mirror_path(repo.url)
-    leftovers = [
-        mirror / "packed-refs.lock",
-        mirror / "refs" / "remotes" / "origin" / "main.lock",
-        mirror / "refs" / "heads" / "codeworker" / "killed.lock",
-    ]
+    leftovers = [mirror / "packed-refs.lock", mirror / "refs" / "remotes" / "origin" / "main.lock"]
     for path in leftovers:
         path.write_text("")
 
-    retry = mirrors.checkout(repo.url, "main", "codeworker/killed", "op-killed")
-    assert retry.path == crashed.path
+    retry = mirrors.checkout(repo.url, "main", "codeworker/killed", "op-killed", "a2")
     assert not any(path.exists() for path in leftovers)
     retry.remove()
 
@@ -166,13 +169,14 @@ def test_git_lock_files_left_by_a_killed_worker_are_cleared(mirrors: Mirrors, re
         ("https://github.com/acme", "b", "op"),
         ("https://github.com/acme/repo.git", "bad..branch", "op"),
         ("https://github.com/acme/repo.git", "b", "../escape"),
+        ("https://github.com/acme/repo.git", "b", "op/../../x"),
     ],
 )
 def test_unusable_inputs_are_refused_before_touching_disk(
     mirrors: Mirrors, url: str, branch: str, operation_id: str
 ) -> None:
     with pytest.raises(InvalidRepository):
-        mirrors.checkout(url, "main", branch, operation_id)
+        mirrors.checkout(url, "main", branch, operation_id, "a1")
     assert not (mirrors.root / "mirrors").exists()
 
 
@@ -251,17 +255,43 @@ def test_rejected_ref_raises_push_rejected(git_server: GitServer, repo: Repo, wo
 def test_rerun_after_crash_pushes_over_its_own_earlier_branch(
     git_server: GitServer, mirrors: Mirrors, repo: Repo
 ) -> None:
-    crashed = mirrors.checkout(repo.url, "main", "codeworker/rerun", "op-rerun")
+    crashed = mirrors.checkout(repo.url, "main", "codeworker/rerun", "op-rerun", "a1")
     (crashed.path / "a.txt").write_text("attempt 1\n")
     crashed.commit("attempt 1", *AUTHOR)
     crashed.push()
 
-    retry = mirrors.checkout(repo.url, "main", "codeworker/rerun", "op-rerun")
+    retry = mirrors.checkout(repo.url, "main", "codeworker/rerun", "op-rerun", "a2")
+    assert retry.seen == crashed.commits()[-1]
     (retry.path / "a.txt").write_text("attempt 2\n")
     sha = retry.commit("attempt 2", *AUTHOR)
     retry.push()
     assert git_server.ref_sha(repo.owner, repo.name, "codeworker/rerun") == sha
     retry.remove()
+
+
+def test_two_attempts_never_both_push(git_server: GitServer, mirrors: Mirrors, repo: Repo) -> None:
+    """Each push expects the remote branch where its attempt saw it: the one that comes second
+    finds it moved, and nothing of it reaches the remote."""
+    first = mirrors.checkout(repo.url, "main", "codeworker/race", "op-race", "a1")
+    second = mirrors.checkout(repo.url, "main", "codeworker/race", "op-race", "a2")
+    assert first.seen is None and second.seen is None
+    for attempt in (first, second):
+        (attempt.path / "a.txt").write_text(f"{attempt.name}\n")
+        attempt.commit(attempt.name, *AUTHOR)
+    first.push()
+    with pytest.raises(PushRejected) as info:
+        second.push()
+    assert "another attempt pushed it meanwhile" in info.value.message
+    assert git_server.ref_sha(repo.owner, repo.name, "codeworker/race") == first.commits()[-1]
+
+    third = mirrors.checkout(repo.url, "main", "codeworker/race", "op-race", "a3")
+    (third.path / "a.txt").write_text("third\n")
+    third.commit("third", *AUTHOR)
+    git_server.commit_on(repo.owner, repo.name, "codeworker/race", {"b.txt": "b\n"}, "someone else")
+    with pytest.raises(PushRejected):
+        third.push()
+    for attempt in (first, second, third):
+        attempt.remove()
 
 
 # -- merge -------------------------------------------------------------------------------------------
@@ -311,7 +341,7 @@ def test_merge_conflict_pushes_nothing(git_server: GitServer, repo: Repo, worktr
 
 def test_token_is_never_in_urls_or_on_disk(git_server: GitServer, mirrors: Mirrors, repo: Repo) -> None:
     start = len(git_server.requests)
-    wt = mirrors.checkout(repo.url, "main", "codeworker/secret", "op-secret")
+    wt = mirrors.checkout(repo.url, "main", "codeworker/secret", "op-secret", "a1")
     (wt.path / "f.txt").write_text("f\n")
     wt.commit("f", *AUTHOR)
     wt.push()
@@ -331,14 +361,14 @@ def test_token_is_never_in_urls_or_on_disk(git_server: GitServer, mirrors: Mirro
 def test_credentials_in_a_url_are_not_stored(tmp_path: Path, git_server: GitServer, repo: Repo) -> None:
     mirrors = Mirrors(tmp_path / "ws", TOKEN)
     url_with_userinfo = repo.url.replace("http://", "http://someone:hunter2@")
-    wt = mirrors.checkout(url_with_userinfo, "main", "codeworker/u", "op-u")
+    wt = mirrors.checkout(url_with_userinfo, "main", "codeworker/u", "op-u", "a1")
     assert _files_containing(mirrors.root, b"hunter2") == []
     assert mirrors.mirror_path(url_with_userinfo) == mirrors.mirror_path(repo.url)
     wt.remove()
 
 
 def test_remove_leaves_nothing_behind(mirrors: Mirrors, repo: Repo) -> None:
-    wt = mirrors.checkout(repo.url, "main", "codeworker/gone", "op-gone")
+    wt = mirrors.checkout(repo.url, "main", "codeworker/gone", "op-gone", "a1")
     (wt.path / "dirty.txt").write_text("uncommitted\n")
     wt.remove()
     wt.remove()  # idempotent
@@ -368,7 +398,7 @@ def test_concurrent_checkouts_from_threads(mirrors: Mirrors, repo: Repo) -> None
 
     def checkout(i: int) -> Worktree:
         barrier.wait()
-        return mirrors.checkout(repo.url, "main", f"codeworker/t{i}", f"op-t{i}")
+        return mirrors.checkout(repo.url, "main", f"codeworker/t{i}", f"op-t{i}", "a1")
 
     with ThreadPoolExecutor(4) as pool:
         worktrees = list(pool.map(checkout, range(4)))

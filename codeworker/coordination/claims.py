@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from codeworker.coordination.attempts import Attempt, ClaimLost
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.scripts import LuaScript
 
@@ -100,19 +101,6 @@ return 1
 """End a running claim that is still ours (finished with a result, or abandoned, counting why)."""
 
 
-class ClaimError(Exception):
-    """Base of every claim failure."""
-
-
-class ClaimLost(ClaimError):
-    """Another attempt took the operation over (or the record expired); ours must not record."""
-
-    def __init__(self, operation_id: str, owner: str) -> None:
-        super().__init__(f"operation {operation_id} is no longer claimed by {owner}")
-        self.operation_id = operation_id
-        self.owner = owner
-
-
 class ClaimState(StrEnum):
     """What :meth:`OperationClaims.claim` found."""
 
@@ -181,6 +169,10 @@ class OperationClaims:
         return Claim(
             state, owner=owner, stalled=bool(int(reply[1])), stalls=int(reply[2]), deferrals=int(reply[3])
         )
+
+    def attempt(self, operation_id: str, owner: str) -> Attempt:
+        """The attempt holding the claim as ``owner``, to make shared writes conditional on it."""
+        return Attempt(operation_id, owner, self.keys.claim(operation_id))
 
     def heartbeat(self, operation_id: str, owner: str) -> bool:
         """Extend our lease; False once another attempt took over (what the watchdog calls)."""

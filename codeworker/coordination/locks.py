@@ -25,13 +25,14 @@ from dataclasses import dataclass
 
 import redis
 
+from codeworker.coordination.attempts import Attempt, GuardedScript
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.scripts import LuaScript
 from codeworker.names import relative_path
 
 log = logging.getLogger(__name__)
 
-ACQUIRE_SCRIPT = LuaScript(
+ACQUIRE_SCRIPT = GuardedScript(
     """
 -- KEYS[1] fence counter, KEYS[2..] lock keys
 -- ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] operation id, ARGV[4] repo, ARGV[5..] paths
@@ -53,8 +54,8 @@ return {1, redis.call('INCR', KEYS[1])}
 """Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner}``.
 
 A lock held by an earlier attempt of the same operation is taken over rather than waited for: only
-the attempt holding the operation's claim acquires locks, so the earlier one is dead or superseded,
-and its watchdog finds the lock gone before it could push."""
+the attempt holding the operation's claim acquires locks (the guard checks it in the same step), so
+the earlier one is dead or superseded, and its watchdog finds the lock gone before it could push."""
 
 RENEW_SCRIPT = LuaScript(
     """
@@ -143,9 +144,12 @@ class FileLocks:
         operation_id: str,
         ttl: float,
         adopt: tuple[str, Sequence[str]] | None = None,
+        attempt: Attempt | None = None,
     ) -> None:
         """``adopt=(owner, paths)`` takes over the locks of an attempt whose process is gone, so
-        another process can release exactly those (and nothing a re-run took since)."""
+        another process can release exactly those (and nothing a re-run took since). With an
+        ``attempt``, locks are taken only while it holds its operation's claim (:class:`ClaimLost`
+        otherwise)."""
         if ttl <= 0:
             raise ValueError("lock ttl must be positive")
         self.client = client
@@ -153,6 +157,7 @@ class FileLocks:
         self.repo = repo
         self.operation_id = operation_id
         self.ttl = ttl
+        self.attempt = attempt
         self.owner = adopt[0] if adopt else f"{operation_id}:{uuid.uuid4().hex}"
         self._held: list[str] = [relative_path(path) for path in adopt[1]] if adopt else []
         self._lost: set[str] = set()
@@ -243,6 +248,8 @@ class FileLocks:
         """One atomic attempt: the fencing token, or the conflict to raise when out of time."""
         with self._mutex:
             reply = ACQUIRE_SCRIPT(
+                attempt=self.attempt,
+                what=f"the lock on {', '.join(paths)}",
                 keys=[self.keys.fence(self.repo), *(self._key(path) for path in paths)],
                 args=[self.owner, self._ttl_ms, self.operation_id, self.repo, *paths],
                 client=self.client,

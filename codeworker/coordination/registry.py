@@ -5,7 +5,9 @@ repository, of its status and of all branches, so operators can list by reposito
 without scanning. Status changes follow :data:`TRANSITIONS` and happen in one Lua step that
 compares the current status, so two workers (or a worker and a shutdown hook) racing to move the
 same branch cannot both win. The allowed sources are computed here in Python from the state
-machine; the script only compares.
+machine; the script only compares. A job's writes carry its :class:`Attempt` and happen only while
+it holds the operation's claim (:mod:`codeworker.coordination.attempts`): a superseded attempt
+cannot change the record of the attempt that replaced it.
 
 Values are stored as strings: lists as JSON, numbers as decimal text, None as an absent field.
 Timestamps are float epoch seconds.
@@ -23,8 +25,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field, TypeAdapter
 
+from codeworker.coordination.attempts import Attempt, GuardedScript
 from codeworker.coordination.keys import Keys
-from codeworker.coordination.scripts import LuaScript
 
 
 class BranchStatus(StrEnum):
@@ -63,7 +65,7 @@ def sources_of(to: BranchStatus) -> list[BranchStatus]:
     return [status for status in BranchStatus if to in TRANSITIONS[status]]
 
 
-REGISTER_SCRIPT = LuaScript(
+REGISTER_SCRIPT = GuardedScript(
     """
 -- KEYS[1] record, KEYS[2] repo index, KEYS[3] all index, KEYS[4] active index,
 -- KEYS[5..] every status index (to leave the old one on a reset)
@@ -91,7 +93,7 @@ return reply
 )
 """Create the record, or reset it when the same operation registers again after a crash."""
 
-TRANSITION_SCRIPT = LuaScript(
+TRANSITION_SCRIPT = GuardedScript(
     """
 -- KEYS[1] record, KEYS[2] index of the new status, KEYS[3..] indexes of the allowed sources
 -- ARGV[1] new status, ARGV[2] JSON list of allowed sources (aligned with KEYS[3..]),
@@ -115,7 +117,7 @@ return reply
 )
 """Move a record to a new status if its current status is one of the allowed sources."""
 
-UPDATE_SCRIPT = LuaScript(
+UPDATE_SCRIPT = GuardedScript(
     """
 -- KEYS[1] record; ARGV[1] JSON object of fields to set, ARGV[2] JSON list of fields to delete
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
@@ -222,7 +224,7 @@ class BranchRegistry:
         self.client = client
         self.keys = keys
 
-    def register(self, record: BranchRecord) -> BranchRecord:
+    def register(self, record: BranchRecord, attempt: Attempt | None = None) -> BranchRecord:
         """Store a new record in status active.
 
         The same operation registering again (a re-run after a crash) resets its record to active
@@ -240,6 +242,8 @@ class BranchRegistry:
             for item in (field, _encode(value))
         ]
         reply = REGISTER_SCRIPT(
+            attempt=attempt,
+            what=f"branch record {fresh.branch}",
             keys=[
                 key,
                 self.keys.branches_by_repo(fresh.repo),
@@ -254,13 +258,18 @@ class BranchRegistry:
             raise BranchExists(fresh.repo, fresh.branch, reply[1], reply[2])
         return _decode(reply[1:])
 
-    def transition(self, repo: str, branch: str, to: BranchStatus, **fields: Any) -> BranchRecord:
-        """Move a branch to status ``to`` if the state machine allows it, setting ``fields`` too."""
+    def transition(
+        self, repo: str, branch: str, to: BranchStatus, attempt: Attempt | None = None, **fields: Any
+    ) -> BranchRecord:
+        """Move a branch to status ``to`` if the state machine allows it, setting ``fields`` too;
+        only while ``attempt`` (when given) holds its claim."""
         to = BranchStatus(to)
         sources = sources_of(to)
         set_fields, delete_fields = self._changes(fields)
         key = self.keys.branch(repo, branch)
         reply = TRANSITION_SCRIPT(
+            attempt=attempt,
+            what=f"branch record {branch}",
             keys=[
                 key,
                 self.keys.branches_by_status(to),
@@ -281,10 +290,13 @@ class BranchRegistry:
             raise InvalidTransition(BranchStatus(reply[1]), to)
         return _decode(reply[1:])
 
-    def update(self, repo: str, branch: str, **fields: Any) -> BranchRecord:
-        """Change fields other than the status and identity (fencing_token, pr_number, files...)."""
+    def update(self, repo: str, branch: str, attempt: Attempt | None = None, **fields: Any) -> BranchRecord:
+        """Change fields other than the status and identity (fencing_token, pr_number, files...);
+        only while ``attempt`` (when given) holds its claim."""
         set_fields, delete_fields = self._changes(fields)
         reply = UPDATE_SCRIPT(
+            attempt=attempt,
+            what=f"branch record {branch}",
             keys=[self.keys.branch(repo, branch)],
             args=[json.dumps(set_fields), json.dumps(delete_fields)],
             client=self.client,

@@ -114,10 +114,15 @@ class LockWatchdog:
             try:
                 alive = renew()
             except Exception:
-                log.warning("renewing %r failed; retrying", renew, exc_info=True)
+                log.warning("renewing %s failed; retrying", _name(renew), exc_info=True)
                 continue
             if not alive:
-                log.error("operation %s lost the lease renewed by %r", self.locks.operation_id, renew)
+                log.error("operation %s lost the lease renewed by %s", self.locks.operation_id, _name(renew))
                 self.lost_leases.append(renew)
                 lost_any = True
         return lost_any
+
+
+def _name(renew: Callable[[], bool]) -> str:
+    """A lease's renewal as a log line names it (``OperationRun.heartbeat_claim``)."""
+    return getattr(renew, "__qualname__", repr(renew))

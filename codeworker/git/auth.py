@@ -9,20 +9,38 @@ Why this shape:
 - pygit2's ``Remote.push`` does not raise when the server refuses a ref, so :class:`GitAuth`
   collects ``push_update_reference`` reports and the push turns them into
   :class:`~codeworker.git.errors.PushRejected`.
+- A push may carry a :class:`Lease` (git's ``--force-with-lease``, which libgit2 lacks): in the
+  negotiation, after the server advertised its refs on this very connection and before anything
+  is sent, the remote ref must be where the pusher saw it. The server then applies the update only
+  if the ref still holds that advertised value (receive-pack compares old and current under its
+  ref lock), so the check and the update together are a compare-and-swap on the remote.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+from dataclasses import dataclass
 
 import pygit2
 from pydantic import SecretStr
 from pygit2.enums import Option
 
-from codeworker.git.errors import AuthenticationFailed, RepositoryTooLarge
+from codeworker.git.errors import AuthenticationFailed, PushRejected, RepositoryTooLarge
 
-__all__ = ["GitAuth", "SizeLimitedFetch", "basic_credentials", "set_timeouts"]
+__all__ = ["GitAuth", "Lease", "SizeLimitedFetch", "basic_credentials", "set_timeouts"]
+
+_ABSENT = pygit2.Oid(raw=bytes(20))
+"""What libgit2 reports as the current value of a ref the remote does not have."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A push of ``ref`` is allowed only while the remote has it at ``expected`` (None: absent)."""
+
+    ref: str
+    expected: str | None
+
 
 _timeouts_lock = threading.Lock()
 _timeouts_set: tuple[int, int] | None = None
@@ -59,6 +77,8 @@ class GitAuth(pygit2.RemoteCallbacks):
         """Remote ref name -> the server's reason, for every ref the server refused to update."""
         self.remote_messages: list[str] = []
         """Sideband text from the server (hook output), to explain a rejection."""
+        self.lease: Lease | None = None
+        """Checked in the push's negotiation (see the module's docstring)."""
 
     def __repr__(self) -> str:
         return "GitAuth(token=SecretStr('**********'))"
@@ -73,6 +93,19 @@ class GitAuth(pygit2.RemoteCallbacks):
     def push_update_reference(self, refname: str, message: str | None) -> None:
         if message:
             self.rejected[refname] = message
+
+    def push_negotiation(self, updates: list[pygit2.remotes.PushUpdate]) -> None:
+        lease = self.lease
+        for update in updates:
+            if lease is None or update.dst_refname != lease.ref:
+                continue
+            current = None if update.src == _ABSENT else str(update.src)
+            if current != lease.expected:
+                raise PushRejected(
+                    lease.ref,
+                    f"the remote has it at {current or 'nothing'}, not at {lease.expected or 'nothing'} "
+                    "as this attempt saw it: another attempt pushed it meanwhile",
+                )
 
     def sideband_progress(self, string: str) -> None:
         self.remote_messages.append(string)

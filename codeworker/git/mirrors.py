@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from pygit2.enums import FetchPrune
 
 from codeworker.coordination.keys import repo_id
-from codeworker.git.auth import GitAuth, SizeLimitedFetch, set_timeouts
+from codeworker.git.auth import GitAuth, Lease, SizeLimitedFetch, set_timeouts
 from codeworker.git.errors import (
     AuthenticationFailed,
     BaseBranchMissing,
@@ -93,9 +93,10 @@ class Mirrors:
     def mirror_path(self, url: str) -> Path:
         return self.root / "mirrors" / _mirror_relpath(url)
 
-    def worktree_path(self, operation_id: str) -> Path:
-        _check_operation_id(operation_id)
-        return self.root / "worktrees" / operation_id
+    def worktree_path(self, operation_id: str, attempt: str) -> Path:
+        """Where one attempt of an operation checks out: a path of its own, so an attempt never
+        removes or writes the worktree of another attempt of the same operation."""
+        return self.root / "worktrees" / _worktree_name(operation_id, attempt)
 
     def _lock_path(self, mirror: Path) -> Path:
         return mirror.with_name(mirror.name + ".lock")
@@ -109,15 +110,20 @@ class Mirrors:
 
     # -- public -----------------------------------------------------------------------------------
 
-    def checkout(self, url: str, base: str, branch: str, operation_id: str) -> Worktree:
-        """Fetch, then give the job a fresh worktree on a new ``branch`` starting at ``origin/base``.
+    def checkout(self, url: str, base: str, branch: str, operation_id: str, attempt: str) -> Worktree:
+        """Fetch, then give one ``attempt`` of the operation a fresh worktree, on a local branch of
+        its own starting at ``origin/base``, that pushes to ``branch``.
 
-        Leftovers of an earlier crashed attempt of the same operation (its worktree, its branch)
-        are replaced, so a redelivered job starts clean.
+        The worktree and the local branch are named for the attempt, so a superseded attempt of
+        the same operation (still running, or dead with leftovers that its journal entry lets the
+        next worker clean) never shares them. The remote's ``branch`` as this fetch saw it is what
+        the push expects to replace (:meth:`Worktree.push`).
         """
         _check_branch(branch)
         _check_branch(base)
-        path = self.worktree_path(operation_id)
+        name = _worktree_name(operation_id, attempt)
+        local = _local_branch(branch, attempt)
+        path = self.worktree_path(operation_id, attempt)
         with self.locked(url) as mirror:
             repo = self._open_or_init(mirror, url)
             self._fetch(repo, url)
@@ -125,16 +131,24 @@ class Mirrors:
             if base_commit is None:
                 raise BaseBranchMissing(clean_url(url), base)
             self._check_checkout_size(repo, repo[base_commit].peel(pygit2.Tree), url)
-            _drop_worktree(repo, operation_id, path)
-            # With the old worktree gone nobody commits on the branch; its lock is a crash leftover.
-            (mirror / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
+            seen = remote_tip(repo, branch)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                ref = repo.create_branch(branch, repo[base_commit], True)
-                repo.add_worktree(operation_id, str(path), ref)
+                ref = repo.create_branch(local, repo[base_commit], True)
+                repo.add_worktree(name, str(path), ref)
             except pygit2.GitError as exc:
                 raise GitError(f"cannot create worktree for {branch}: {exc}") from exc
-        return Worktree(self, url, path, branch, base, str(base_commit), operation_id)
+        return Worktree(
+            self,
+            url,
+            path,
+            branch=branch,
+            base=base,
+            base_commit=str(base_commit),
+            name=name,
+            local_branch=local,
+            seen=None if seen is None else str(seen),
+        )
 
     def fetch(self, url: str) -> None:
         """Bring the mirror of ``url`` up to date (creating it on first use)."""
@@ -208,17 +222,21 @@ class Mirrors:
                             clean_url(url), "its checked-out files", size, self.max_repo_bytes
                         )
 
-    def push_refspec(self, repo: pygit2.Repository, url: str, refspec: str) -> None:
-        """Push one refspec; a ref the server (or libgit2's fast-forward check) refused raises.
+    def push_refspec(
+        self, repo: pygit2.Repository, url: str, refspec: str, lease: Lease | None = None
+    ) -> None:
+        """Push one refspec; a ref the server (or libgit2's fast-forward check) refused raises, and
+        so does a ``lease`` the remote ref no longer matches (nothing is sent then).
 
         Not under the mirror lock: pushing only reads objects and updates one remote-tracking ref,
         and serialising pushes would serialise every job on a repository for a network round trip.
         """
         auth = self.auth()
+        auth.lease = lease
         dst = refspec.rsplit(":", 1)[-1]
         try:
             repo.remotes[REMOTE].push([refspec], callbacks=auth)
-        except AuthenticationFailed:
+        except (AuthenticationFailed, PushRejected):
             raise
         except pygit2.GitError as exc:
             # libgit2's own refusal of a non-fast-forward (checked against the advertised remote
@@ -231,27 +249,41 @@ class Mirrors:
             detail = "".join(auth.remote_messages).strip()
             raise PushRejected(ref, f"{reason}: {detail}" if detail else reason)
 
-    def discard(self, url: str, operation_id: str, branch: str) -> None:
-        """Remove an operation's worktree and local branch without its Worktree object (cleanup
+    def discard(self, url: str, operation_id: str, branch: str, attempt: str) -> None:
+        """Remove one attempt's worktree and local branch without its Worktree object (cleanup
         after a job whose process was killed)."""
-        self.release(url, operation_id, self.worktree_path(operation_id), branch)
+        self.release(
+            url,
+            _worktree_name(operation_id, attempt),
+            self.worktree_path(operation_id, attempt),
+            _local_branch(branch, attempt),
+        )
 
-    def release(self, url: str, operation_id: str, path: Path, branch: str) -> None:
+    def release(self, url: str, name: str, path: Path, local_branch: str) -> None:
         """Undo a checkout (directory, worktree record, local branch); each step tolerates absence."""
         with self.locked(url) as mirror:
             if not (mirror / "HEAD").exists():
                 shutil.rmtree(path, ignore_errors=True)
                 return
             repo = pygit2.Repository(str(mirror))
-            _drop_worktree(repo, operation_id, path)
-            ref = repo.references.get(f"refs/heads/{branch}")
+            _drop_worktree(repo, name, path)
+            ref = repo.references.get(f"refs/heads/{local_branch}")
             if ref is not None:
                 ref.delete()
 
 
-def _check_operation_id(operation_id: str) -> None:
+def _worktree_name(operation_id: str, attempt: str) -> str:
+    """The attempt's worktree name in the mirror, also its directory's name under ``worktrees/``."""
     if not is_operation_id(operation_id):
         raise InvalidRepository(f"operation id {operation_id!r} is not usable as a worktree name")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", attempt):
+        raise InvalidRepository(f"attempt {attempt!r} is not usable as a worktree name")
+    return f"{operation_id}.{attempt}"
+
+
+def _local_branch(branch: str, attempt: str) -> str:
+    """The attempt's own branch in the mirror, pushed to ``branch`` on the remote."""
+    return f"{branch}.{attempt}"
 
 
 def _check_branch(branch: str) -> None:

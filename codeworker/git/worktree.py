@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pygit2
 from pygit2.enums import SortMode
 
+from codeworker.git.auth import Lease
 from codeworker.git.errors import BaseBranchMissing, GitError, MergeConflict, UnsafeSymlink
 from codeworker.git.remote import clean_url, remote_tip
 
@@ -35,16 +36,25 @@ class Worktree:
         mirrors: Mirrors,
         url: str,
         path: Path,
+        *,
         branch: str,
         base: str,
         base_commit: str,
-        operation_id: str,
+        name: str,
+        local_branch: str,
+        seen: str | None,
     ) -> None:
         self.path = path
         self.branch = branch
+        """The branch on the remote."""
         self.base = base
         self.base_commit = base_commit
-        self.operation_id = operation_id
+        self.name = name
+        """The worktree's name in the mirror (one per attempt)."""
+        self.local_branch = local_branch
+        """The attempt's own branch in the mirror, pushed to :attr:`branch`."""
+        self.seen = seen
+        """Where the remote had :attr:`branch` at checkout (None: it had no such branch)."""
         self.url = clean_url(url)
         self._mirrors = mirrors
 
@@ -54,7 +64,7 @@ class Worktree:
     @property
     def git_dir(self) -> Path:
         """The worktree's admin directory in the mirror (HEAD, index, the link to the checkout)."""
-        return self._mirrors.mirror_path(self.url) / "worktrees" / self.operation_id
+        return self._mirrors.mirror_path(self.url) / "worktrees" / self.name
 
     def repository(self) -> pygit2.Repository:
         """A fresh handle each time: pygit2 caches the index, and the agent edits files under us.
@@ -120,10 +130,16 @@ class Worktree:
         return str(repo.create_commit("HEAD", signature, signature, message, tree, [head.id]))
 
     def push(self) -> None:
-        """Push the job branch. Forced: the branch belongs to this operation, and a re-run after a
-        crash starts again from base, so its history may legitimately differ from an earlier try."""
+        """Push the job branch, only if the remote still has it where this attempt saw it (absent
+        for a new operation); :class:`~codeworker.git.errors.PushRejected` otherwise, and nothing
+        is sent. Forced over that one commit: a re-run after a crash starts again from base, so
+        its history may legitimately differ from what an earlier attempt pushed."""
+        ref = f"refs/heads/{self.branch}"
         self._mirrors.push_refspec(
-            self.repository(), self.url, f"+refs/heads/{self.branch}:refs/heads/{self.branch}"
+            self.repository(),
+            self.url,
+            f"+refs/heads/{self.local_branch}:{ref}",
+            lease=Lease(ref, self.seen),
         )
 
     def merge_into_base(self, message: str, author_name: str, author_email: str) -> str:
@@ -177,7 +193,7 @@ class Worktree:
 
     def remove(self) -> None:
         """Delete the directory, the mirror's record of it, and the local branch. Idempotent."""
-        self._mirrors.release(self.url, self.operation_id, self.path, self.branch)
+        self._mirrors.release(self.url, self.name, self.path, self.local_branch)
 
     def check_symlinks(self) -> None:
         """Raise :class:`UnsafeSymlink` if a commit now would add a link pointing out of the repository

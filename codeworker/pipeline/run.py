@@ -84,13 +84,20 @@ class OperationRun:
         self.started_wall = time.time() - (time.monotonic() - started)
         self.repo = repo_id(job.repository.url)
         self.branch = branch_name(job)
+        self.attempt = pipeline.claims.attempt(job.operation_id, owner)
+        """Every shared write of this run is conditional on it still holding the claim."""
         self.locks = FileLocks(
-            pipeline.redis, pipeline.keys, self.repo, job.operation_id, pipeline.settings.lock_ttl
+            pipeline.redis,
+            pipeline.keys,
+            self.repo,
+            job.operation_id,
+            pipeline.settings.lock_ttl,
+            attempt=self.attempt,
         )
         self.watchdog = LockWatchdog(
             self.locks,
             interval=min(pipeline.settings.lock_ttl, pipeline.settings.claim_ttl) / 3,
-            also=[lambda: pipeline.claims.heartbeat(job.operation_id, owner)],
+            also=[self.heartbeat_claim],
         )
         self.undo = ExitStack()
         self.final_attempt = True
@@ -103,6 +110,10 @@ class OperationRun:
         self.findings: list[SecretFinding] = []
         self.commits: list[str] = []
         """Shas on the branch, once it is pushed."""
+
+    def heartbeat_claim(self) -> bool:
+        """Renew this attempt's claim; False once another attempt has taken the operation over."""
+        return self.p.claims.heartbeat(self.job.operation_id, self.owner)
 
     @property
     def max_iterations(self) -> int:
@@ -163,8 +174,10 @@ class OperationRun:
         return deliver(self)
 
     def enter(self, stage: str) -> None:
-        """Start ``stage``: time it, log it, journal it and publish it as the task's progress."""
+        """Start ``stage``: time it, log it, journal it and publish it as the task's progress.
+        An attempt whose watchdog found its claim or a lock lost stops here instead."""
         self._end_stage()
+        self.stop_if_lost(stage)
         self.stage, self.stage_started = stage, time.monotonic()
         log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
         self._journal(stage)
@@ -178,6 +191,17 @@ class OperationRun:
                     branch=self.branch,
                 )
             )
+
+    def stop_if_lost(self, before: str, claim_held: bool = True) -> None:
+        """Raise StageFailed if the watchdog found a lock or the claim lost, or ``claim_held`` (the
+        caller's fresher word from Redis) is False: a superseded attempt goes no further."""
+        claim_lost = not claim_held or (self.watchdog.is_lost and not self.watchdog.lost)
+        if not claim_lost and not self.watchdog.is_lost:
+            return
+        lost = [f"the lock on {', '.join(self.watchdog.lost)}"] if self.watchdog.lost else []
+        if claim_lost:
+            lost.append("the operation's claim (another attempt took it over)")
+        raise StageFailed(Status.FAILED, f"lost {' and '.join(lost)}; stopped before {before}")
 
     def _end_stage(self) -> None:
         if self.stage is not None:
@@ -223,8 +247,10 @@ class OperationRun:
 
     def _mark_branch(self, status: BranchStatus, error: str) -> None:
         try:
-            self.p.registry.transition(self.repo, self.branch, status, error=logs.scrub(error)[:2000])
-        except Exception:  # already in a final state (e.g. pushed, then PR failed): keep it
+            self.p.registry.transition(
+                self.repo, self.branch, status, attempt=self.attempt, error=logs.scrub(error)[:2000]
+            )
+        except Exception:  # a final state (pushed, then the PR failed), or no longer ours: keep it
             log.info("branch record kept its status", exc_info=True)
 
     def result(self, status: Status, pr: PullRequestInfo | None = None, error: str | None = None) -> Result:

@@ -23,7 +23,8 @@ import redis
 
 from codeworker import logs
 from codeworker.config import Settings, get_settings
-from codeworker.coordination.claims import Abandoned, Claim, ClaimLost, ClaimState, OperationClaims
+from codeworker.coordination.attempts import ClaimLost, attempt_token
+from codeworker.coordination.claims import FINISHED, RUNNING, Abandoned, Claim, ClaimState, OperationClaims
 from codeworker.coordination.connection import redis_client
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
@@ -147,7 +148,7 @@ class Pipeline:
             try:
                 result = run.execute(final_attempt=claim.deferrals >= self.settings.max_deferrals)
             except RetryLater as exc:
-                self.journal.remove(job.operation_id)
+                self.journal.remove(job.operation_id, claim.owner)
                 self.claims.abandon(job.operation_id, claim.owner, Abandoned.DEFERRED)
                 delay = deferral_delay(claim.deferrals, exc.retry_after)
                 log.warning(
@@ -156,8 +157,7 @@ class Pipeline:
                 raise OperationDeferred(str(exc), delay) from None
             # Only a job that really ended leaves the journal: one cancelled by a shutdown
             # (SystemExit in the pool child) stays, for the main process to abandon.
-            self._record(job, claim.owner, result)
-            return result
+            return self._record(job, claim.owner, result)
 
     def _busy(self, job: Job, claim: Claim) -> dict[str, Any]:
         """A copy runs elsewhere: come back soon (a duplicate of a job that is about to finish
@@ -175,9 +175,7 @@ class Pipeline:
 
     def _give_up(self, job: Job, owner: str, error: str) -> dict[str, Any]:
         """End the operation failed without running it (it stalled too often)."""
-        result = self._failure(job, error)
-        self._record(job, owner, result)
-        return result
+        return self._record(job, owner, self._failure(job, error))
 
     @staticmethod
     def _failure(job: Job, error: str) -> dict[str, Any]:
@@ -186,23 +184,44 @@ class Pipeline:
             success=False, operation_id=job.operation_id, status=Status.FAILED, error=error
         ).model_dump(mode="json")
 
-    def _record(self, job: Job, owner: str, result: dict[str, Any]) -> None:
-        """Store the result for redeliveries and leave the journal. An attempt that lost its claim
-        meanwhile stores nothing: the live attempt's result is the operation's."""
+    def _record(self, job: Job, owner: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Store the result for redeliveries, leave the journal, and answer the operation's result:
+        this one, or, for an attempt superseded meanwhile, the live attempt's (see
+        :meth:`_superseded`)."""
         try:
             self.claims.finish(job.operation_id, owner, result)
         except ClaimLost:
-            log.warning(
-                "this attempt no longer holds the claim (taken over, or Redis lost it); "
-                "its result is not recorded"
-            )
-        self.journal.remove(job.operation_id)
+            self.journal.remove(job.operation_id, owner)
+            return self._superseded(job, result)
+        self.journal.remove(job.operation_id, owner)
         outcome = "completed" if result["success"] else "failed"
         log.info(
             "operation %s",
             outcome,
             extra={"lifecycle": outcome, "status": result["status"], "duration": result["duration"]},
         )
+        return result
+
+    def _superseded(self, job: Job, own: dict[str, Any]) -> dict[str, Any]:
+        """This attempt lost its claim: answer as a duplicate delivery would, so the task's stored
+        result is the operation's and never this attempt's failure. The live attempt's result once
+        it is recorded; a retry while it runs; this attempt's own result only when no attempt holds
+        the operation any more (Redis lost the record, as after a restart without persistence)."""
+        record = self.claims.get(job.operation_id) or {}
+        if record.get("state") == FINISHED:
+            log.warning("this attempt was superseded; answering the operation's recorded result")
+            return record["result"]
+        if record.get("state") == RUNNING and record.get("heartbeat_ttl"):
+            busy = OperationBusy(job.operation_id, record.get("owner"), busy_delay(1))
+            log.warning("this attempt was superseded: %s", busy, extra={"lifecycle": "retried"})
+            raise busy
+        log.warning(
+            "this attempt lost its claim and no other attempt holds the operation (claim %s); "
+            "its result stands but is not recorded",
+            record.get("state", "gone"),
+            extra={"lifecycle": "failed" if not own["success"] else "completed", "status": own["status"]},
+        )
+        return own
 
     def reject(self, raw: Any, exc: InvalidJob | UnknownExecutor) -> dict[str, Any]:
         """The result of a job that cannot run as sent: status invalid, never retried. The sent
@@ -243,7 +262,7 @@ class Pipeline:
                     reason,
                     extra={"stage": entry.stage},
                 )
-                journal.remove(entry.operation_id)
+                journal.remove(entry.operation_id, entry.claim_owner)
                 return
             log.warning(
                 "operation stalled, abandoning it: %s",
@@ -259,7 +278,9 @@ class Pipeline:
                     self.settings.lock_ttl,
                     adopt=(entry.lock_owner, entry.locked),
                 ).release,
-                lambda: self.mirrors.discard(entry.repository, entry.operation_id, entry.branch),
+                lambda: self.mirrors.discard(
+                    entry.repository, entry.operation_id, entry.branch, attempt_token(entry.claim_owner)
+                ),
                 lambda: self.claims.abandon(entry.operation_id, entry.claim_owner, why),
             ]
             record = self.registry.get(entry.repo, entry.branch)
@@ -271,10 +292,17 @@ class Pipeline:
                 steps.insert(0, lambda: self._abandon_branch(entry, reason))
             for step in steps:
                 quietly(step)
-            journal.remove(entry.operation_id)
+            journal.remove(entry.operation_id, entry.claim_owner)
 
     def _abandon_branch(self, entry: ActiveJob, reason: str) -> None:
-        self.registry.transition(entry.repo, entry.branch, BranchStatus.ABANDONED, error=reason)
+        """Only while the killed attempt still holds the claim, checked in the same Redis step."""
+        self.registry.transition(
+            entry.repo,
+            entry.branch,
+            BranchStatus.ABANDONED,
+            attempt=self.claims.attempt(entry.operation_id, entry.claim_owner),
+            error=reason,
+        )
 
 
 WORKER_PID_ENV = "CODEWORKER_WORKER_PID"

@@ -37,7 +37,7 @@ def checkout(run: OperationRun) -> None:
     job = run.job
     try:
         worktree = run.p.mirrors.checkout(
-            job.repository.url, job.repository.branch, run.branch, job.operation_id
+            job.repository.url, job.repository.branch, run.branch, job.operation_id, run.attempt.token
         )
     except RepositoryTooLarge as exc:
         raise StageFailed(Status.FAILED, str(exc)) from None
@@ -56,7 +56,8 @@ def register(run: OperationRun) -> None:
             operation_id=job.operation_id,
             operation_type=job.operation_type,
             files=job.target_files,
-        )
+        ),
+        attempt=run.attempt,
     )
     run.undo.push(run.settle_branch)
 
@@ -73,7 +74,7 @@ def lock(run: OperationRun) -> None:
             acquired = True
         finally:
             metrics.lock_wait(job.operation_type, time.monotonic() - waited, acquired=acquired)
-        run.p.registry.update(run.repo, run.branch, fencing_token=fence)
+        run.p.registry.update(run.repo, run.branch, attempt=run.attempt, fencing_token=fence)
     try:
         workspace = Checkout(run.worktree, run.locks, run.p.settings, job.test_command)
     except RepoConfigError as exc:
@@ -106,7 +107,9 @@ def execute(run: OperationRun) -> None:
         raise StageFailed(Status.BLOCKED, str(exc)) from None
     for path in run.files:
         run.checkout.lock(path)
-    run.p.registry.update(run.repo, run.branch, files=run.files, fencing_token=run.locks.fencing_token)
+    run.p.registry.update(
+        run.repo, run.branch, attempt=run.attempt, files=run.files, fencing_token=run.locks.fencing_token
+    )
 
 
 def scan(run: OperationRun) -> None:
@@ -137,7 +140,7 @@ def push(run: OperationRun) -> None:
         metrics.push_failed(run.job.operation_type)
         raise
     run.commits = run.worktree.commits()
-    run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED)
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
 
 
 BEFORE_DELIVERY: tuple[Callable[[OperationRun], None], ...] = (
@@ -171,14 +174,16 @@ def pull_request(run: OperationRun) -> Result:
     except GitHubError as exc:
         metrics.pull_request_failed(job.operation_type)
         return run.result(Status.PUSHED, error=f"branch pushed, pull request failed: {exc}")
-    run.p.registry.transition(run.repo, run.branch, BranchStatus.PR_OPEN, pr_number=pr.number, pr_url=pr.url)
+    run.p.registry.transition(
+        run.repo, run.branch, BranchStatus.PR_OPEN, attempt=run.attempt, pr_number=pr.number, pr_url=pr.url
+    )
     info = PullRequestInfo(number=pr.number, url=pr.url, title=pr.title, draft=pr.draft)
     return run.result(Status.PR_OPEN, pr=info)
 
 
 def merge(run: OperationRun) -> Result:
     """The branch merged into the freshly fetched base (no approval asked); a conflict keeps it."""
-    run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGING)
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGING, attempt=run.attempt)
     settings = run.p.settings
     message = f"Merge {run.branch} into {run.job.repository.branch}"
     for attempt in range(1, MERGE_ATTEMPTS + 1):
@@ -194,7 +199,7 @@ def merge(run: OperationRun) -> Result:
             if attempt == MERGE_ATTEMPTS:
                 metrics.push_failed(run.job.operation_type)
                 raise
-    run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGED)
+    run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGED, attempt=run.attempt)
     return run.result(Status.MERGED)
 
 
@@ -216,8 +221,5 @@ def _check_leases(run: OperationRun) -> None:
 
     Asked of Redis now, not only of the watchdog's last beat: an attempt superseded since then
     must not push."""
-    claim_held = run.p.claims.heartbeat(run.job.operation_id, run.owner)
-    if run.watchdog.is_lost or not claim_held:
-        what = ", ".join(run.watchdog.lost) or "the operation's claim (another attempt took it over)"
-        raise StageFailed(Status.FAILED, f"lost the lock on {what}; stopped before pushing")
+    run.stop_if_lost("pushing", claim_held=run.heartbeat_claim())
     run.locks.verify()

@@ -1,9 +1,9 @@
 """The jobs a worker is running right now, as one small JSON file each on local disk.
 
-A prefork child writes its job's entry when the job starts and removes it when the job ends; the
-stage is updated as the job moves. The worker's main process reads the directory to answer
-``/status`` and, when a shutdown cancels jobs or after a crash, to clean up what their children
-could not: locks (by owner token), branch status, worktrees and idempotency claims.
+A prefork child writes its job's entry (one file per attempt) when the job starts and removes it
+when the job ends; the stage is updated as the job moves. The worker's main process reads the
+directory to answer ``/status`` and, when a shutdown cancels jobs or after a crash, to clean up
+what their children could not: locks (by owner token), branch status, worktrees and idempotency claims.
 
 The directory is ``<WORKSPACE_ROOT>/active/<worker id>``, a random id the worker's main process
 makes at start and hands to its pool children (:data:`WORKER_ID_ENV`), so several workers on one
@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
+
+from codeworker.coordination.attempts import attempt_token
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +92,27 @@ class ActiveJobs:
             if directory.is_dir() and not directory.name.startswith(".")
         ]
 
-    def _path(self, operation_id: str) -> Path:
-        return self.directory / f"{operation_id}.json"
+    def _path(self, operation_id: str, claim_owner: str) -> Path:
+        """One file per attempt: two attempts of one operation in one worker (a superseded one
+        still running beside the live one) never write or remove each other's entry."""
+        return self.directory / f"{operation_id}.{attempt_token(claim_owner)}.json"
 
     def write(self, job: ActiveJob) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / f".{job.operation_id}.{os.getpid()}.tmp"
+        path = self._path(job.operation_id, job.claim_owner)
+        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
         temporary.write_text(job.model_dump_json())
-        temporary.replace(self._path(job.operation_id))
+        temporary.replace(path)
 
-    def remove(self, operation_id: str) -> None:
-        self._path(operation_id).unlink(missing_ok=True)
+    def remove(self, operation_id: str, claim_owner: str) -> None:
+        """Take the entry of one attempt out (the one holding the claim as ``claim_owner``)."""
+        self._path(operation_id, claim_owner).unlink(missing_ok=True)
+        legacy = self.directory / f"{operation_id}.json"  # an older release named entries by operation
+        try:
+            if ActiveJob.model_validate_json(legacy.read_text()).claim_owner == claim_owner:
+                legacy.unlink(missing_ok=True)
+        except (OSError, ValidationError):
+            pass
 
     def all(self) -> list[ActiveJob]:
         jobs = []

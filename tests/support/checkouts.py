@@ -62,10 +62,11 @@ class Checkouts:
 
     def worktree(self, url: str, operation_id: str | None = None) -> Worktree:
         operation_id = operation_id or f"op-{uuid.uuid4().hex[:8]}"
-        return self.mirrors.checkout(url, "main", f"codeworker/{operation_id}", operation_id)
+        return self.mirrors.checkout(url, "main", f"codeworker/{operation_id}", operation_id, "a1")
 
     def checkout(
         self, worktree: Worktree, test_command: str | None = None, settings: Settings | None = None
     ) -> Checkout:
-        locks = FileLocks(self.redis, Keys(), repo_id(worktree.url), worktree.operation_id, 30)
+        operation_id = worktree.name.rpartition(".")[0]  # the name is <operation id>.<attempt>
+        locks = FileLocks(self.redis, Keys(), repo_id(worktree.url), operation_id, 30)
         return Checkout(worktree, locks, settings or self.settings, test_command)

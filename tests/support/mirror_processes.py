@@ -18,5 +18,5 @@ from tests.conftest import GITHUB_TOKEN
 def checkout_in_process(root: str, url: str, index: int, barrier: threading.Barrier) -> tuple[str, str]:
     mirrors = Mirrors(Path(root), SecretStr(GITHUB_TOKEN))
     barrier.wait()
-    wt = mirrors.checkout(url, "main", f"codeworker/p{index}", f"op-p{index}")
+    wt = mirrors.checkout(url, "main", f"codeworker/p{index}", f"op-p{index}", "a1")
     return str(wt.path), (wt.path / "README.md").read_text()
