@@ -10,6 +10,10 @@ Redis blip) but that nobody took over is still the owner, and its next heartbeat
 lease; an attempt that was taken over gets False from :meth:`~OperationClaims.heartbeat` and
 :class:`ClaimLost` from :meth:`~OperationClaims.finish`.
 
+An attempt whose branch reached the remote records a checkpoint (``pushed``) on the record, which
+the next claim hands back: an attempt after a worker that died between its push and its pull
+request delivers that push rather than pushing again (:mod:`codeworker.pipeline.checkpoint`).
+
 A record without a finished result expires ``result_ttl`` after its last heartbeat, a finished
 one ``result_ttl`` after it finished: nothing is kept forever.
 """
@@ -62,12 +66,25 @@ redis.call('HDEL', KEYS[1], 'result', 'finished_at')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-local counts = redis.call('HMGET', KEYS[1], 'stalls', 'deferrals')
-return {'claimed', stalled, counts[1] or '0', counts[2] or '0'}
+local counts = redis.call('HMGET', KEYS[1], 'stalls', 'deferrals', 'pushed')
+return {'claimed', stalled, counts[1] or '0', counts[2] or '0', counts[3] or ''}
 """
 )
 """Answer the stored result, or who is busy with it (counting the wait), or take it for ARGV[1]
-(counting a stall when the previous owner's heartbeat ran out while it was running)."""
+(counting a stall when the previous owner's heartbeat ran out while it was running), with the
+checkpoint an earlier attempt left when its branch reached the remote."""
+
+CHECKPOINT_SCRIPT = LuaScript(
+    """
+-- KEYS[1] record; ARGV[1] owner, ARGV[2] checkpoint JSON
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'pushed', ARGV[2])
+return 1
+"""
+)
+"""Record, for a running claim that is still ours, what its attempt pushed."""
 
 HEARTBEAT_SCRIPT = LuaScript(
     """
@@ -138,6 +155,8 @@ class Claim:
     """Attempts whose worker died, over the operation's life."""
     deferrals: int = 0
     """Attempts the executor deferred, over the operation's life."""
+    pushed: str | None = None
+    """The checkpoint (JSON) an earlier attempt recorded when its branch reached the remote."""
 
 
 class OperationClaims:
@@ -167,7 +186,12 @@ class OperationClaims:
                 state, holder=reply[1], retry_after=max(int(reply[2]), 0) / 1000, busy_waits=int(reply[3])
             )
         return Claim(
-            state, owner=owner, stalled=bool(int(reply[1])), stalls=int(reply[2]), deferrals=int(reply[3])
+            state,
+            owner=owner,
+            stalled=bool(int(reply[1])),
+            stalls=int(reply[2]),
+            deferrals=int(reply[3]),
+            pushed=reply[4] or None,
         )
 
     def attempt(self, operation_id: str, owner: str) -> Attempt:
@@ -183,6 +207,13 @@ class OperationClaims:
                 client=self.client,
             )
         )
+
+    def checkpoint(self, attempt: Attempt, pushed: str) -> None:
+        """Record what ``attempt`` pushed, so an attempt after it that finds the remote branch at
+        that commit delivers it instead of running the job again; :class:`ClaimLost` if the claim
+        is no longer the attempt's."""
+        if not CHECKPOINT_SCRIPT(keys=[attempt.claim_key], args=[attempt.owner, pushed], client=self.client):
+            raise ClaimLost(attempt.operation_id, attempt.owner, "its push checkpoint")
 
     def finish(self, operation_id: str, owner: str, result: dict[str, Any]) -> None:
         """Store the result so redeliveries return it; :class:`ClaimLost` if no longer ours."""

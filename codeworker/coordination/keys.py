@@ -3,7 +3,8 @@
     {prefix}:lock:{repo}:{path}          hash    file lock: owner (per-attempt token), operation_id,
                                                  repo, path (PX = lock TTL)
     {prefix}:fence:{repo}                counter fencing tokens handed out per repository
-    {prefix}:op:{operation_id}           hash    idempotency claim: state, owner, result
+    {prefix}:op:{operation_id}           hash    idempotency claim: state, owner, result, counts,
+                                                 pushed (the checkpoint of a push)
     {prefix}:op:{operation_id}:beat      string  owner of a running claim (PX = claim TTL)
     {prefix}:branch:{repo}:{branch}      hash    branch registry record
     {prefix}:branches:repo:{repo}        set     branch record keys of one repository

@@ -28,6 +28,7 @@ from codeworker.executors.base import Executor, Outcome, RetryLater
 from codeworker.git.worktree import Worktree
 from codeworker.models import Job, PullRequestInfo, Result, Status, Usage, Verification
 from codeworker.pipeline import stages
+from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import StageFailed, ending
 from codeworker.sandbox.checkout import Checkout
 from codeworker.secrets.findings import SecretFinding
@@ -74,7 +75,9 @@ class OperationRun:
         owner: str,
         progress: ProgressSink | None,
         started: float,
+        pushed: Pushed | None = None,
     ) -> None:
+        """``pushed``: the checkpoint of an earlier attempt whose branch reached the remote."""
         self.p = pipeline
         self.job = job
         self.executor = executor
@@ -99,6 +102,7 @@ class OperationRun:
             interval=min(pipeline.settings.lock_ttl, pipeline.settings.claim_ttl) / 3,
             also=[self.heartbeat_claim],
         )
+        self.pushed = pushed
         self.undo = ExitStack()
         self.final_attempt = True
         self.stage: str | None = None
@@ -169,6 +173,10 @@ class OperationRun:
         for stage in stages.BEFORE_DELIVERY:
             self.enter(stage.__name__)
             stage(self)
+            if stage is stages.checkout and stages.resumable(self):
+                self.enter(stages.resume.__name__)
+                stages.resume(self)
+                break
         deliver = stages.pull_request if self.job.approval_required else stages.merge
         self.enter(deliver.__name__)
         return deliver(self)

@@ -35,6 +35,7 @@ from codeworker.git.mirrors import Mirrors
 from codeworker.github import PullRequests
 from codeworker.models import InvalidJob, Job, Result, Status, parse_job
 from codeworker.names import is_operation_id
+from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import OperationBusy, OperationDeferred, busy_delay, deferral_delay
 from codeworker.pipeline.run import OperationRun, ProgressSink, quietly
 from codeworker.secrets.scanner import SecretScanner
@@ -144,7 +145,8 @@ class Pipeline:
                     "stalls": claim.stalls,
                 },
             )
-            run = OperationRun(self, job, executor, claim.owner, progress, started)
+            pushed = Pushed.model_validate_json(claim.pushed) if claim.pushed else None
+            run = OperationRun(self, job, executor, claim.owner, progress, started, pushed)
             try:
                 result = run.execute(final_attempt=claim.deferrals >= self.settings.max_deferrals)
             except RetryLater as exc:

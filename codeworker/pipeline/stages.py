@@ -4,11 +4,16 @@ on the run's undo stack at the moment it acquires it.
     checkout -> register -> lock -> setup -> execute -> scan -> commit -> push
     -> pull_request (approval required) or merge
 
+or, when an earlier attempt of the operation pushed and died before its pull request:
+
+    checkout -> resume -> pull_request
+
 A stage's function name is the stage's name in the journal, the task's progress and the metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,6 +22,7 @@ from codeworker.coordination.registry import BranchRecord, BranchStatus
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
 from codeworker.github import GitHubError
 from codeworker.models import PullRequestInfo, Result, Status
+from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import ChangeTooLarge, StageFailed
 from codeworker.pipeline.report import commit_message, pr_body, pr_title
 from codeworker.sandbox.checkout import Checkout
@@ -27,6 +33,8 @@ from codeworker.worker import metrics
 
 if TYPE_CHECKING:
     from codeworker.pipeline.run import OperationRun
+
+log = logging.getLogger(__name__)
 
 MERGE_ATTEMPTS = 2
 """A base that moves between our fetch and our push gets one fresh merge before we give up."""
@@ -140,7 +148,52 @@ def push(run: OperationRun) -> None:
         metrics.push_failed(run.job.operation_type)
         raise
     run.commits = run.worktree.commits()
+    assert run.outcome is not None
+    pushed = Pushed(commits=run.commits, files=run.files, outcome=run.outcome, findings=run.findings)
+    run.p.claims.checkpoint(run.attempt, pushed.model_dump_json())
     run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
+
+
+def resumable(run: OperationRun) -> bool:
+    """Whether an earlier attempt's push can be delivered as it is: it left a checkpoint, the
+    remote branch is still at its last commit (this attempt's checkout just fetched it), the
+    branch record is this operation's and was not given up, and a pull request is what delivers
+    it (a merge starts again from the base)."""
+    pushed = run.pushed
+    if pushed is None or not pushed.commits or not run.job.approval_required:
+        return False
+    if run.worktree.seen != pushed.commits[-1]:
+        return False
+    record = run.p.registry.get(run.repo, run.branch)
+    return (
+        record is not None
+        and record.operation_id == run.job.operation_id
+        and record.status in (BranchStatus.ACTIVE, BranchStatus.PUSHED)
+    )
+
+
+def resume(run: OperationRun) -> None:
+    """Take over what the earlier attempt pushed: its files' locks (released when this run ends),
+    its branch record (moved on to pushed if it died before that), its outcome and commits."""
+    pushed = run.pushed
+    assert pushed is not None
+    log.warning(
+        "resuming: the branch is on the remote at %s as an earlier attempt pushed it; delivering it",
+        pushed.commits[-1],
+        extra={"lifecycle": "resumed", "branch": run.branch},
+    )
+    run.on_exit(run.locks.release)
+    run.locks.acquire([*run.job.target_files, *pushed.files], wait=run.p.settings.lock_wait)
+    record = run.p.registry.get(run.repo, run.branch)
+    if record is not None and record.status is BranchStatus.ACTIVE:
+        run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
+    run.undo.push(run.settle_branch)
+    run.outcome, run.files, run.findings, run.commits = (
+        pushed.outcome,
+        pushed.files,
+        pushed.findings,
+        pushed.commits,
+    )
 
 
 BEFORE_DELIVERY: tuple[Callable[[OperationRun], None], ...] = (
