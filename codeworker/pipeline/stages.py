@@ -157,8 +157,8 @@ def push(run: OperationRun) -> None:
 def resumable(run: OperationRun) -> bool:
     """Whether an earlier attempt's push can be delivered as it is: it left a checkpoint, the
     remote branch is still at its last commit (this attempt's checkout just fetched it), the
-    branch record is this operation's and was not given up, and a pull request is what delivers
-    it (a merge starts again from the base)."""
+    branch record is this operation's and its pull request was not merged or closed meanwhile,
+    and a pull request is what delivers it (a merge starts again from the base)."""
     pushed = run.pushed
     if pushed is None or not pushed.commits or not run.job.approval_required:
         return False
@@ -168,13 +168,14 @@ def resumable(run: OperationRun) -> bool:
     return (
         record is not None
         and record.operation_id == run.job.operation_id
-        and record.status in (BranchStatus.ACTIVE, BranchStatus.PUSHED)
+        and record.status not in (BranchStatus.MERGED, BranchStatus.CLOSED)
     )
 
 
 def resume(run: OperationRun) -> None:
     """Take over what the earlier attempt pushed: its files' locks (released when this run ends),
-    its branch record (moved on to pushed if it died before that), its outcome and commits."""
+    its branch record (made this attempt's and pushed again: the earlier attempt may have died
+    before marking it, or the cleanup after it abandoned it), its outcome and commits."""
     pushed = run.pushed
     assert pushed is not None
     log.warning(
@@ -185,7 +186,9 @@ def resume(run: OperationRun) -> None:
     run.on_exit(run.locks.release)
     run.locks.acquire([*run.job.target_files, *pushed.files], wait=run.p.settings.lock_wait)
     record = run.p.registry.get(run.repo, run.branch)
-    if record is not None and record.status is BranchStatus.ACTIVE:
+    assert record is not None
+    if record.status is not BranchStatus.PUSHED:
+        run.p.registry.register(record, attempt=run.attempt)
         run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
     run.undo.push(run.settle_branch)
     run.outcome, run.files, run.findings, run.commits = (
