@@ -5,7 +5,7 @@ SCANNER_VENV := .venv-scanner
 TRUFFLEHOG_VERSION := 3.0.10
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format tools scanner clean system-tools deploy-tools
+.PHONY: demo test soak lint format tools scanner clean system-tools deploy-tools
 
 demo: tools
 	$(BIN)/python -m demo
@@ -14,6 +14,20 @@ test: tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The load run at full size (tests/test_load.py; `make test` runs 200 jobs, 3 SIGKILLs, 2 SIGTERMs):
+# 600 jobs over 2 workers, 10 SIGKILLs and 5 SIGTERMs of workers at random moments, each worker
+# replaced; then its figures (duration, jobs/s, recovery, results, lost, pushed twice), pass or fail.
+SOAK_JOBS ?= 600
+SOAK_KILLS ?= 10
+SOAK_TERMS ?= 5
+SOAK_SEED ?= 11
+
+soak: tools
+	@mkdir -p .work && rm -f .work/soak.txt
+	@CODEWORKER_LOAD_JOBS=$(SOAK_JOBS) CODEWORKER_LOAD_KILLS=$(SOAK_KILLS) CODEWORKER_LOAD_TERMS=$(SOAK_TERMS) \
+	  CODEWORKER_LOAD_SEED=$(SOAK_SEED) CODEWORKER_LOAD_FIGURES=.work/soak.txt $(BIN)/pytest tests/test_load.py -q; \
+	  status=$$?; cat .work/soak.txt 2>/dev/null; exit $$status
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -4,6 +4,8 @@ never share a journal entry."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from codeworker.coordination.attempts import Attempt, ClaimLost
@@ -12,6 +14,8 @@ from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import BranchRecord, BranchRegistry, BranchStatus
 from codeworker.worker.journal import ActiveJob, ActiveJobs
+from tests.support.jobs import new_repo
+from tests.support.pipeline_runs import FnExecutor, with_executor
 
 URL = "https://github.com/acme/app.git"
 REPO = repo_id(URL)
@@ -135,3 +139,71 @@ def test_an_entry_of_the_previous_release_leaves_the_journal_once_cleaned_up(tmp
     assert journal.all() == [old]
     journal.remove("op-1", old.claim_owner)
     assert journal.all() == []
+
+
+class DiesOpeningThePullRequest:
+    """The GitHub client of a worker that is killed right after its push (SIGKILL cannot be
+    caught; ending the run with SystemExit leaves the same claim, record and remote behind)."""
+
+    def open(self, *args: object, **kwargs: object) -> None:
+        raise SystemExit("killed between the push and the pull request")
+
+
+@pytest.mark.parametrize("cleaned_up", [False, True], ids=["record-pushed", "record-abandoned"])
+def test_an_attempt_after_a_push_delivers_it_instead_of_pushing_again(
+    pipe, git_server, github_stub, cleaned_up
+):
+    """``cleaned_up``: the dead attempt's record was abandoned by the cleanup after it (a shutdown
+    that cancelled it, a reaped pool child, an adopted journal) before the job came back."""
+    name, url = new_repo(git_server, {"app.py": "X = 1\n"})
+    job = {
+        "operation_id": "op-resume",
+        "description": "Change X",
+        "repository": {"url": url, "owner": "acme", "name": name},
+        "target_files": ["app.py"],
+    }
+    work = FnExecutor(lambda ws: ws.write_file("app.py", "X = 2\n"))
+    dying = dataclasses.replace(with_executor(pipe, work), pulls=DiesOpeningThePullRequest())
+    with pytest.raises(SystemExit):
+        dying.run(job, "refactor")
+    pipe.redis.delete(pipe.keys.heartbeat("op-resume"))  # the worker is gone
+    [pushed] = git_server.ref_updates("acme", name)
+    if cleaned_up:
+        [record] = pipe.registry.list(repo=repo_id(url))
+        pipe.registry.transition(record.repo, record.branch, BranchStatus.ABANDONED, error="killed")
+
+    stages: list[str] = []
+    result = with_executor(pipe, work).run(job, "refactor", lambda p: stages.append(p.stage))
+
+    assert result["status"] == "pr_open", result["error"]
+    assert stages == ["checkout", "resume", "pull_request"]
+    assert git_server.ref_updates("acme", name) == [pushed]
+    assert result["commits"] == [pushed.new]
+    assert result["files_modified"] == ["app.py"] and result["summary"] == "test change"
+    assert len(github_stub.pull_requests("acme", name)) == 1
+    assert list(pipe.redis.scan_iter(pipe.keys.lock_pattern())) == []
+    assert pipe.claims.get("op-resume")["stalls"] == 1
+    [record] = pipe.registry.list(repo=repo_id(url))
+    assert record.status == BranchStatus.PR_OPEN
+
+
+def test_a_push_the_remote_no_longer_holds_is_made_again(pipe, git_server, github_stub):
+    name, url = new_repo(git_server, {"app.py": "X = 1\n"})
+    job = {
+        "operation_id": "op-moved",
+        "description": "Change X",
+        "repository": {"url": url, "owner": "acme", "name": name},
+    }
+    work = FnExecutor(lambda ws: ws.write_file("app.py", "X = 2\n"))
+    dying = dataclasses.replace(with_executor(pipe, work), pulls=DiesOpeningThePullRequest())
+    with pytest.raises(SystemExit):
+        dying.run(job, "refactor")
+    pipe.redis.delete(pipe.keys.heartbeat("op-moved"))
+    [pushed] = git_server.ref_updates("acme", name)
+    branch = pushed.ref.removeprefix("refs/heads/")
+    moved = git_server.commit_on("acme", name, branch, {"b": "b\n"}, "by hand")
+
+    result = with_executor(pipe, work).run(job, "refactor")
+
+    assert result["status"] == "pr_open", result["error"]
+    assert [update.old for update in git_server.ref_updates("acme", name)] == [pushed.old, moved]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from codeworker.loopback.gitserver import GitServer
+from codeworker.loopback import pktline
+from codeworker.loopback.gitserver import ZERO_SHA, GitServer, RefUpdate
 from tests.conftest import GITHUB_TOKEN
 
 TOKEN = GITHUB_TOKEN
@@ -144,3 +145,54 @@ def test_every_request_is_recorded(git_server: GitServer, repo: tuple[str, str, 
     assert all(
         r.headers.get("Authorization") == _auth_header() for r in mine if r.path.startswith(f"/{owner}")
     )
+
+
+def test_pushed_ref_updates_are_recorded_with_their_outcome(
+    git_server: GitServer, repo: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """Per ref, not per request: one push moving two refs, one of them refused by the hook, then
+    a deletion; what a test counts as "pushed once"."""
+    owner, name, url = repo
+    git_server.reject_refs(owner, name, "refs/heads/protected/*")
+    clone = tmp_path / "clone"
+    assert _git("clone", url, str(clone)).returncode == 0
+    (clone / "README.md").write_text("changed\n")
+    assert _git("commit", "-qam", "change", cwd=clone).returncode == 0
+    new = _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+
+    pushed = _git("push", "origin", "HEAD:refs/heads/feature", "HEAD:refs/heads/protected/x", cwd=clone)
+    assert pushed.returncode != 0  # the refused ref fails the command; the other one is made
+    assert sorted(git_server.ref_updates(owner, name), key=lambda update: update.ref) == [
+        RefUpdate("refs/heads/feature", ZERO_SHA, new, accepted=True),
+        RefUpdate("refs/heads/protected/x", ZERO_SHA, new, accepted=False),
+    ]
+    assert _git("push", "origin", ":refs/heads/feature", cwd=clone).returncode == 0
+    assert git_server.ref_updates(owner, name)[-1] == RefUpdate("refs/heads/feature", new, ZERO_SHA, True)
+    assert git_server.branches(owner, name) == ["main"]
+
+
+def test_receive_pack_commands_and_reports_are_parsed() -> None:
+    """What clients other than the git CLI send: a gzip body with a shallow line; no report asked."""
+
+    def pkt(line: bytes) -> bytes:
+        return f"{len(line) + 4:04x}".encode() + line
+
+    old, new = "1" * 40, "2" * 40
+    body = gzip.compress(
+        pkt(f"shallow {old}\n".encode())
+        + pkt(f"{old} {new} refs/heads/a".encode() + b"\0report-status side-band-64k agent=x\n")
+        + pkt(f"{ZERO_SHA} {new} refs/heads/b\n".encode())
+        + b"0000PACK..."
+    )
+    commands, capabilities = pktline.commands(body, "gzip")
+    assert commands == [
+        pktline.Command(old, new, "refs/heads/a"),
+        pktline.Command(ZERO_SHA, new, "refs/heads/b"),
+    ]
+    assert capabilities == {"report-status", "side-band-64k", "agent=x"}
+    inner = (
+        pkt(b"unpack ok\n") + pkt(b"ok refs/heads/a\n") + pkt(b"ng refs/heads/b hook declined\n") + b"0000"
+    )
+    response = pkt(b"\x02progress\n") + pkt(b"\x01" + inner) + b"0000"
+    assert pktline.report(response, capabilities) == {"refs/heads/a": True, "refs/heads/b": False}
+    assert pktline.report(response, {"side-band-64k"}) is None

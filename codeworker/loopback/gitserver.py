@@ -2,7 +2,9 @@
 
 ``git http-backend`` (CGI) behind a threaded ``http.server``, guarded by the same HTTP Basic
 ``x-access-token:<token>`` scheme GitHub accepts, so the worker's production HTTPS code path (libgit2
-transport, auth header, chunked pushes, server-side ref rejection) is what the tests exercise.
+transport, auth header, chunked pushes, server-side ref rejection) is what the tests exercise. Every
+push's ref updates are recorded with the server's verdict (:meth:`GitServer.ref_updates`), so a test
+counts the pushes that moved a branch, not the requests.
 
 Server-side preparation (creating repositories, committing "as someone else", reading what was
 pushed) uses the git CLI on the bare repositories directly: it is test scaffolding, not the code under
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from codeworker.git.auth import basic_credentials
+from codeworker.loopback import pktline
 from codeworker.loopback.server import LoopbackServer
 
 _HTTP_BACKEND = (
@@ -64,6 +67,20 @@ class RecordedRequest:
     path: str
     """Path and query string exactly as requested."""
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    """One ref update a push asked for (an all-zero sha: the ref did not exist, or is deleted), and
+    whether the server made it."""
+
+    ref: str
+    old: str
+    new: str
+    accepted: bool
+
+
+ZERO_SHA = "0" * 40
 
 
 def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: bytes = b"") -> str:
@@ -131,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         if protocol := self.headers.get("Git-Protocol"):
             env["GIT_PROTOCOL"] = protocol
         proc = subprocess.run([str(_HTTP_BACKEND)], input=body, env=env, capture_output=True)
+        if self.command == "POST" and path.endswith("/git-receive-pack"):
+            git_server.record_push(path, body, encoding, proc.stdout)
         self._relay_cgi(proc.stdout)
 
     def _read_body(self) -> bytes:
@@ -183,6 +202,7 @@ class GitServer(LoopbackServer):
         self._expected = f"Basic {basic_credentials(token)}"
         self.requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
+        self._ref_updates: dict[tuple[str, str], list[RefUpdate]] = {}
 
     @property
     def base_url(self) -> str:
@@ -200,6 +220,26 @@ class GitServer(LoopbackServer):
     def record(self, request: RecordedRequest) -> None:
         with self._requests_lock:
             self.requests.append(request)
+
+    def record_push(self, path: str, body: bytes, encoding: str | None, cgi_output: bytes) -> None:
+        """Record the ref updates of the receive-pack request ``body`` to ``/<owner>/<name>.git``,
+        each accepted or not as the response's report-status says (or, for a client that asked for
+        no report, as the ref now is)."""
+        owner, _, name = path.removesuffix("/git-receive-pack").strip("/").partition("/")
+        name = name.removesuffix(".git")
+        commands, capabilities = pktline.commands(body, encoding)
+        response = cgi_output.partition(b"\r\n\r\n")[2] or cgi_output.partition(b"\n\n")[2]
+        statuses = pktline.report(response, capabilities)
+        updates = []
+        for command in commands:
+            if statuses is not None:
+                accepted = statuses.get(command.ref, False)
+            else:
+                now = self.ref_sha(owner, name, command.ref) or ZERO_SHA
+                accepted = now == command.new
+            updates.append(RefUpdate(command.ref, command.old, command.new, accepted))
+        with self._requests_lock:
+            self._ref_updates.setdefault((owner, name), []).extend(updates)
 
     # -- repository preparation and inspection ---------------------------------------------------
 
@@ -239,6 +279,11 @@ class GitServer(LoopbackServer):
             text=True,
         )
         return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def ref_updates(self, owner: str, name: str) -> list[RefUpdate]:
+        """Every ref update pushed to ``owner/name`` over HTTP, in the order the pushes ended."""
+        with self._requests_lock:
+            return list(self._ref_updates.get((owner, name), []))
 
     def branches(self, owner: str, name: str) -> list[str]:
         out = _git(

@@ -140,17 +140,20 @@ def commit(run: OperationRun) -> None:
 
 
 def push(run: OperationRun) -> None:
-    """The branch to the remote, only while every lease is still held."""
+    """The branch to the remote, only while every lease is still held. The checkpoint is written
+    first: a worker killed during or right after the push leaves it behind for the next attempt,
+    which delivers the push if the remote has it (:func:`resumable`) and ignores it otherwise."""
     _check_leases(run)
+    assert run.outcome is not None
+    commits = run.worktree.commits()
+    pushed = Pushed(commits=commits, files=run.files, outcome=run.outcome, findings=run.findings)
+    run.p.claims.checkpoint(run.attempt, pushed.model_dump_json())
     try:
         run.worktree.push()
     except GitError:
         metrics.push_failed(run.job.operation_type)
         raise
-    run.commits = run.worktree.commits()
-    assert run.outcome is not None
-    pushed = Pushed(commits=run.commits, files=run.files, outcome=run.outcome, findings=run.findings)
-    run.p.claims.checkpoint(run.attempt, pushed.model_dump_json())
+    run.commits = commits
     run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
 
 

@@ -18,6 +18,18 @@ its unacknowledged messages back builds a new connection pool from ``transport.c
 AttributeError, which Celery takes for a fatal error, not a lost broker. Here the close goes on
 past that read, and a channel without a transport raises a connection error. kombu 5.7.0 and
 Celery 5.7.0, the latest releases, still have the fault.
+
+A popped message is recorded at once. BRPOP takes a message off the queue in Redis; kombu records
+it in ``unacked`` (whence a dead worker's messages are restored) only once it reads the reply.
+kombu 5.7 stops reading a BRPOP reply while the channel has no credit (with
+``worker_disable_prefetch``, while as many jobs are reserved as there are pool processes, retries
+waiting for their countdown included) and keeps it in the socket until credit returns, which may
+be minutes; a worker killed meanwhile lost the message for good (``tests/test_load.py`` found it).
+Here the reply is read as soon as it arrives and the message is delivered, recorded as unacked,
+and waits in the worker for a free pool process. What remains is the time between Redis serving
+the BRPOP and the worker reading the reply (a loopback round trip and one turn of the event loop):
+a SIGKILL landing exactly there still loses that message, as with kombu's transport everywhere;
+closing it needs a move into a per-worker list (BLMOVE) instead of a pop.
 """
 
 from __future__ import annotations
@@ -68,8 +80,27 @@ class Channel(kombu_redis.Channel):
         return super()._connparams(asynchronous=asynchronous)
 
 
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, except that a BRPOP reply is read as soon as it arrives (see "A popped
+    message is recorded at once" above)."""
+
+    def _pause_brpop(self, channel: Any, fileno: int) -> None:
+        """Keep polling the BRPOP socket even without credit, so a reply is read when it comes."""
+
+    def on_readable(self, fileno: int) -> None:
+        channel, kind = self._fd_to_chan.get(fileno, (None, None))
+        if kind == "BRPOP" and channel is not None and channel._in_poll:
+            channel.handlers[kind]()  # reads the reply; a message in it is recorded as unacked
+            return
+        super().on_readable(fileno)
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)

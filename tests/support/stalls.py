@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,8 @@ from celery import Celery
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.loopback.gitserver import GitServer
-from tests.support.jobs import GATE_TIMEOUT, QUEUE, new_repo, open_gate, scripted_job
+from tests.support.gates import Arrival, RedisGate
+from tests.support.jobs import GATE_TIMEOUT, QUEUE, new_repo, scripted_job
 from tests.support.redis_server import free_port
 from tests.support.worker import WorkerProcess, get
 
@@ -29,6 +30,9 @@ class Fleet:
     root: Path
     workers: list[WorkerProcess] = field(default_factory=list)
     killed: list[WorkerProcess] = field(default_factory=list)
+    """Workers killed or terminated while the others ran on."""
+    stopped: list[WorkerProcess] = field(default_factory=list)
+    """Workers :meth:`stop` stopped at the end."""
 
     def start(self) -> WorkerProcess:
         number = next(_names)
@@ -37,6 +41,8 @@ class Fleet:
                 **self.env,
                 "PORT": str(free_port()),
                 "WORKSPACE_ROOT": str(self.root / f"machine-{number}"),
+                # Its own, so what a killed worker counted stays readable (metrics_totals).
+                "CODEWORKER_METRICS_DIR": str(self.root / f"metrics-{number}"),
             },
             name=f"fleet-{number}",
         ).start()
@@ -56,31 +62,38 @@ class Fleet:
         self.workers.remove(worker)
         self.killed.append(worker)
 
+    def terminate(self, worker: WorkerProcess, timeout: float = 60) -> int:
+        """SIGTERM, as an operator or Kubernetes stops a worker; its exit status."""
+        self.workers.remove(worker)
+        self.killed.append(worker)
+        return worker.stop(signal.SIGTERM, timeout)
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop(timeout=30)
+        self.stopped += self.workers
         self.workers.clear()
 
 
 @dataclass
 class GatedJob:
-    """A scripted job on a fresh repository that parks at a FIFO until the test lets it go."""
+    """A scripted job on a fresh repository that parks at a Redis gate until the test lets it go."""
 
     name: str
     url: str
-    gate: Path
+    gate: RedisGate
     job: dict
 
     @classmethod
-    def create(cls, git_server: GitServer, directory: Path, with_operation_id: bool = True) -> GatedJob:
+    def create(cls, git_server: GitServer, store: redis.Redis, with_operation_id: bool = True) -> GatedJob:
+        """``store``: a client of the workers' Redis database, where the gate lives."""
         # No tests in the repository: no sandboxed test run, the job is only what recovery needs.
         name, url = new_repo(git_server, {"app.py": "GREETING = 'hi'\n"})
-        gate = directory / f"gate-{name}"
-        os.mkfifo(gate)
+        gate = RedisGate(store, f"gate-{name}")
         job = scripted_job(
             url,
             name,
-            {"gate": str(gate), "write": {"app.py": "GREETING = 'hello'\n"}},
+            {"redis_gate": gate.name, "write": {"app.py": "GREETING = 'hello'\n"}},
             target_files=["app.py"],
         )
         if not with_operation_id:
@@ -90,17 +103,21 @@ class GatedJob:
     def send(self, client: Celery) -> object:
         return client.send_task("codeworker.refactor", args=[self.job], queue=QUEUE)
 
-    def park(self, timeout: float = GATE_TIMEOUT) -> int:
-        """Wait until a worker runs the job and holds it at the gate; the gate's write end."""
-        return open_gate(self.gate, timeout=timeout)
+    def park(self, fleet: Fleet | None = None, timeout: float = GATE_TIMEOUT) -> Arrival:
+        """Wait until an attempt of the job is held at the gate (``fleet``'s logs if none gets there)."""
+        return self.gate.arrival(timeout, fleet.workers + fleet.killed if fleet else ())
+
+    def release(self, arrival: Arrival) -> None:
+        self.gate.release(arrival)
 
 
-def pushes(git_server: GitServer, name: str) -> int:
-    """Pushes the git server received for repository ``acme/<name>``."""
+def pushes(git_server: GitServer, name: str, branch: str | None = None) -> int:
+    """Ref updates of ``branch`` (of any ref when None) that the git server accepted for repository
+    ``acme/<name>``: a push request that moved nothing does not count, two that moved it do."""
     return sum(
         1
-        for request in git_server.requests
-        if request.method == "POST" and f"/acme/{name}" in request.path and "git-receive-pack" in request.path
+        for update in git_server.ref_updates("acme", name)
+        if update.accepted and (branch is None or update.ref == f"refs/heads/{branch}")
     )
 
 
@@ -110,12 +127,12 @@ def locks_left(store: redis.Redis, url: str) -> list[str]:
 
 
 def kill_and_time_recovery(
-    fleet: Fleet, job: GatedJob, operation_id: str, fd: int, timeout: float = GATE_TIMEOUT
-) -> tuple[float, int]:
-    """SIGKILL the worker holding the parked job (its whole process group), then wait until the job
-    is parked again on another worker: (seconds from the kill, the new gate's write end)."""
+    fleet: Fleet, job: GatedJob, operation_id: str, parked: Arrival, timeout: float = GATE_TIMEOUT
+) -> tuple[float, Arrival]:
+    """SIGKILL the worker holding the ``parked`` attempt (its whole process group), then wait until
+    another attempt is parked on another worker: (seconds from the kill, that attempt)."""
     fleet.kill(fleet.running(operation_id))
     killed = time.monotonic()
-    os.close(fd)  # the killed job's read end is gone; this write end is of no use any more
-    parked = job.park(timeout)
-    return time.monotonic() - killed, parked
+    again = job.park(fleet, timeout)
+    assert again.attempt != parked.attempt
+    return time.monotonic() - killed, again
