@@ -113,7 +113,7 @@ def test_git_admin_dir_writes_stay_in_the_sandbox(open_job, env, attacker) -> No
     assert not (admin / "hooks").exists() and not (admin / "config.worktree").exists()
 
     repo = job.worktree.repository()
-    assert repo.head.name == f"refs/heads/{job.worktree.branch}"
+    assert repo.head.name == f"refs/heads/{job.worktree.local_branch}"
     assert Path(repo.workdir).resolve() == job.root.resolve()
     assert "core.hooksPath" not in repo.config and repo.remotes["origin"].url == job.worktree.url
     sha = commit_and_push(job.worktree)
