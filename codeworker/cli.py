@@ -1,4 +1,9 @@
-"""The ``codeworker`` command: run a worker, submit and follow jobs, look at locks and branches."""
+"""The ``codeworker`` command: run a worker, submit and follow jobs, look at locks and branches.
+
+Commands that only read Redis (``status``, ``locks``, ``branches``) need only ``REDIS_URL`` and
+build no other client. A Redis that cannot be reached or refuses the password is one line naming
+it (the password masked by kombu's ``maybe_sanitize_url``) and exit status 1, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
+from kombu.utils.url import maybe_sanitize_url
 
-from codeworker.config import get_settings
-from codeworker.coordination.keys import repo_id
+from codeworker.config import Settings, get_settings
+from codeworker.coordination.claims import OperationClaims
+from codeworker.coordination.connection import redis_client
+from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import list_locks
-from codeworker.coordination.registry import BranchStatus
-from codeworker.models import OperationType
+from codeworker.coordination.registry import BranchRegistry, BranchStatus
+from codeworker.models import InvalidJob, OperationType, parse_job
 from codeworker.pipeline.service import pipeline
 
 TASK_BY_TYPE = {kind.value: kind.task_name for kind in OperationType}
@@ -77,7 +86,34 @@ def _print_progress(info: dict[str, Any]) -> None:
     click.echo(f"  {info['stage']:<14}{iteration}  {info.get('branch') or ''}", err=True)
 
 
-@click.group()
+NO_WORKER = 3
+"""Exit status of ``submit --wait`` when no worker consumes the queue: the job was sent and waits."""
+
+
+class Commands(click.Group):
+    """The command group; a Redis failure in any command ends it with one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except redis.AuthenticationError as exc:
+            raise click.ClickException(f"Redis at {_redis_shown()} refused the credentials: {exc}") from None
+        except redis.ConnectionError as exc:
+            raise click.ClickException(f"cannot reach Redis at {_redis_shown()}: {exc}") from None
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis at {_redis_shown()} failed: {exc}") from None
+
+
+def _redis_shown() -> str:
+    return maybe_sanitize_url(get_settings().redis_url)
+
+
+def _store(settings: Settings) -> tuple[redis.Redis, Keys]:
+    """The Redis client and key layout a read-only command needs, and nothing else."""
+    return redis_client(settings.redis_url), Keys(settings.key_prefix)
+
+
+@click.group(cls=Commands)
 def main() -> None:
     """codeworker: code-operation jobs in, verified pull requests out."""
 
@@ -130,15 +166,36 @@ def worker(
 @click.option("--wait/--no-wait", default=False, help="Follow progress live and print the result.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the result.")
 def submit(job_file: Path | None, wait: bool, timeout: float | None, **flags: Any) -> None:
-    """Send a job (JSON file and/or flags) to the code-operation queue."""
+    """Send a job (JSON file and/or flags) to the code-operation queue, once it passes the worker's
+    own validation. With --wait, exit status 3 says that no worker consumes the queue (the job
+    was sent and waits there)."""
     from codeworker.celery import app
 
+    settings = get_settings()
     job = _load_job(job_file, flags)
-    result = app.send_task(TASK_BY_TYPE[job["operation_type"]], args=[job], queue=get_settings().queue)
-    click.echo(f"task {result.id} sent to {get_settings().queue}", err=True)
+    try:
+        parse_job(
+            job,
+            operation_type=job["operation_type"],
+            allowed_repos=settings.allowed_repos,
+            max_iterations_cap=settings.max_iterations_cap,
+        )
+    except InvalidJob as exc:
+        raise click.UsageError(f"not sent: {exc}") from None
+    result = app.send_task(TASK_BY_TYPE[job["operation_type"]], args=[job], queue=settings.queue)
+    click.echo(f"task {result.id} sent to {settings.queue}", err=True)
     if not wait:
         click.echo(result.id)
         return
+    consumers = app.control.inspect(timeout=1.0).active_queues() or {}
+    if not any(queue["name"] == settings.queue for queues in consumers.values() for queue in queues):
+        click.echo(
+            f"no worker consumes {settings.queue} (none answered within 1 s): the job waits in the "
+            "queue until one starts",
+            err=True,
+        )
+        click.echo(result.id)
+        sys.exit(NO_WORKER)
     last: list[Any] = [None]
 
     def on_message(message: dict[str, Any]) -> None:
@@ -168,7 +225,8 @@ def run(job_file: Path | None, **flags: Any) -> None:
 @click.argument("operation_id")
 def status(operation_id: str) -> None:
     """Show an operation's idempotency record: running (and where) or finished (with its result)."""
-    record = pipeline().claims.get(operation_id)
+    settings = get_settings()
+    record = OperationClaims(*_store(settings), settings.claim_ttl, settings.result_expires).get(operation_id)
     if record is None:
         raise click.ClickException(f"no record of operation {operation_id}")
     _echo_json(record)
@@ -177,8 +235,7 @@ def status(operation_id: str) -> None:
 @main.command()
 def locks() -> None:
     """List held file locks with their holder and TTL."""
-    services = pipeline()
-    held = list_locks(services.redis, services.keys)
+    held = list_locks(*_store(get_settings()))
     if not held:
         click.echo("no locks held")
     for lock in held:
@@ -195,7 +252,8 @@ def locks() -> None:
 def branches(repo: str | None, status_: str | None, as_json: bool) -> None:
     """List the branch registry, filterable by repository and status."""
     wanted_repo = repo_id(repo) if repo and "://" in repo else repo
-    records = pipeline().registry.list(repo=wanted_repo, status=BranchStatus(status_) if status_ else None)
+    registry = BranchRegistry(*_store(get_settings()))
+    records = registry.list(repo=wanted_repo, status=BranchStatus(status_) if status_ else None)
     if as_json:
         _echo_json([record.model_dump(mode="json") for record in records])
         return

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
+from tests.support.cli import codeworker
 from tests.support.jobs import RESULT_TIMEOUT, new_repo, parked, scripted_job
-from tests.support.worker import BIN, PLUGINS
-
-
-def codeworker(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **env, "PYTHONPATH": str(PLUGINS)}
-    return subprocess.run(
-        [str(BIN / "codeworker"), *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=RESULT_TIMEOUT,
-        check=check,
-    )
 
 
 def test_submit_wait_prints_the_stages_and_the_result(worker, worker_env, git_server, tmp_path):
