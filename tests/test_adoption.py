@@ -20,7 +20,8 @@ from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRecord, BranchStatus
 from codeworker.worker.journal import LOCK_FILE, ActiveJob, ActiveJobs
-from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, scripted_job
+from tests.support.gates import RedisGate
+from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
 from tests.support.redis_server import free_port
 from tests.support.waiting import wait_until
 from tests.support.worker import WorkerProcess, get
@@ -180,19 +181,17 @@ def test_a_live_workers_journal_is_never_adopted_by_a_second_worker_on_its_root(
 ):
     root = tmp_path / "ws"
     name, url = new_repo(git_server)
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
+    gate = RedisGate(broker)
     job = scripted_job(
-        url, name, {"gate": str(gate), "write": {"NOTES.md": "notes\n"}}, target_files=["NOTES.md"]
+        url, name, {"redis_gate": gate.name, "write": {"NOTES.md": "notes\n"}}, target_files=["NOTES.md"]
     )
     lock_key = Keys().lock(repo_id(url), "NOTES.md")
 
     first = start_worker(worker_env, root, "live-1")
     second: WorkerProcess | None = None
-    fd: int | None = None
     try:
         pending = celery_client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
-        fd = open_gate(gate, first)
+        parked = gate.arrival(workers=[first])
         [journal] = journals(root)
         [entry] = ActiveJobs(journal).all()
         assert entry.operation_id == job["operation_id"]
@@ -209,14 +208,11 @@ def test_a_live_workers_journal_is_never_adopted_by_a_second_worker_on_its_root(
         assert status == 200 and [job["operation_id"]] == [j["operation_id"] for j in body["active"]], body
         assert len(journals(root)) == 2 and all(lock_held(j) for j in journals(root))
 
-        release(fd)
-        fd = None
+        gate.release(parked)
         result = pending.get(timeout=RESULT_TIMEOUT)
         assert result["success"] is True and result["status"] == "pr_open", result["error"]
         assert job["operation_id"] not in second.output, "the second worker touched the job"
     finally:
-        if fd is not None:
-            os.close(fd)
         stopped_cleanly(first, second)
     assert journals(root) == []
 
@@ -228,10 +224,9 @@ def test_restarting_a_dead_worker_after_its_job_finished_elsewhere_leaves_the_jo
     then the machine comes back (same WORKSPACE_ROOT) and adopts the dead worker's journal."""
     dead_root, other_root = tmp_path / "dead", tmp_path / "other"
     name, url = new_repo(git_server)
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
+    gate = RedisGate(broker)
     job = scripted_job(
-        url, name, {"gate": str(gate), "write": {"NOTES.md": "notes\n"}}, target_files=["NOTES.md"]
+        url, name, {"redis_gate": gate.name, "write": {"NOTES.md": "notes\n"}}, target_files=["NOTES.md"]
     )
     operation_id = job["operation_id"]
     claims = OperationClaims(broker, Keys(), ttl=1, result_ttl=1)
@@ -240,20 +235,17 @@ def test_restarting_a_dead_worker_after_its_job_finished_elsewhere_leaves_the_jo
     elsewhere: WorkerProcess | None = None
     restarted: WorkerProcess | None = None
     first_delivery = celery_client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
-    fd: int | None = None
     try:
-        fd = open_gate(gate, doomed)
+        gate.arrival(workers=[doomed])
         [journal] = journals(dead_root)
         [entry] = ActiveJobs(journal).all()
         kill_whole_worker(doomed)
-        os.close(fd)
-        fd = None
         wait_until(lambda: not lock_held(journal), timeout=30, what="the dead worker's lock released")
 
         # The job runs again elsewhere (a second delivery of it) and opens its PR.
         elsewhere = start_worker(worker_env, other_root, "elsewhere")
         rerun = celery_client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
-        release(open_gate(gate, elsewhere))
+        gate.release(gate.arrival(workers=[elsewhere]))
         result = rerun.get(timeout=RESULT_TIMEOUT)
         assert result["success"] is True and result["status"] == "pr_open", result["error"]
         assert result["branch"] == entry.branch
@@ -278,7 +270,5 @@ def test_restarting_a_dead_worker_after_its_job_finished_elsewhere_leaves_the_jo
     finally:
         if doomed.process is not None:
             kill_whole_worker(doomed)
-        if fd is not None:
-            os.close(fd)
         forget_message(broker, first_delivery.id)
         stopped_cleanly(elsewhere, restarted)
