@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.jobs import new_repo
 from tests.support.load import Results, disrupt, figures, file_job, finished_counts, log_trail, plan
-from tests.support.stalls import Fleet, locks_left
+from tests.support.stalls import SHORT_RECOVERY, Fleet, locks_left
 
 JOBS = int(os.environ.get("CODEWORKER_LOAD_JOBS", "200"))
 KILLS = int(os.environ.get("CODEWORKER_LOAD_KILLS", "3"))
@@ -32,12 +32,7 @@ FIGURES = os.environ.get("CODEWORKER_LOAD_FIGURES")
 """A file the run's figures go to (``make soak`` prints it), whether the test passes or not."""
 
 SETTINGS = {
-    # As tests/test_stalled.py: no setup network, and recovery shortened to keep the run short.
-    "CODEWORKER_SETUP_NETWORK": "none",
-    "CODEWORKER_VISIBILITY_TIMEOUT": "6",
-    "CODEWORKER_RESTORE_INTERVAL": "0.5",
-    "CODEWORKER_CLAIM_TTL": "6",
-    "CODEWORKER_REAP_INTERVAL": "0.5",
+    **SHORT_RECOVERY,
     # A SIGTERMed worker cancels (and requeues) what it has not finished within a second: the
     # stop interrupts jobs too, as a kill does, instead of waiting them out.
     "CODEWORKER_SHUTDOWN_GRACE": "1",
@@ -57,9 +52,8 @@ def broker_url(redis_server) -> str:
 
 @pytest.fixture()
 def fleet(worker_env: dict, tmp_path) -> Iterator[Fleet]:
-    fleet = Fleet({**worker_env, **SETTINGS}, tmp_path / "machines")
-    yield fleet
-    fleet.stop()
+    with Fleet({**worker_env, **SETTINGS}, tmp_path / "machines") as fleet:
+        yield fleet
     for worker in fleet.killed + fleet.stopped:
         # Whole logs next to the machines, for a failure's post-mortem; the tails in the report.
         (fleet.root / f"{worker.name}.log").write_text(worker.output + "\n")

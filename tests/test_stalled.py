@@ -28,19 +28,10 @@ from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRegistry
 from tests.support.jobs import RESULT_TIMEOUT
-from tests.support.stalls import Fleet, GatedJob, kill_and_time_recovery, locks_left, pushes
+from tests.support.stalls import SHORT_RECOVERY, Fleet, GatedJob, kill_and_time_recovery, locks_left, pushes
 from tests.support.waiting import wait_until
 from tests.support.worker import running_in_group
 
-SHORT = {
-    # The jobs need no setup, and a worker then skips the start-up probe of setup's network.
-    "CODEWORKER_SETUP_NETWORK": "none",
-    "CODEWORKER_VISIBILITY_TIMEOUT": "6",
-    "CODEWORKER_RESTORE_INTERVAL": "0.5",
-    # Longer than conftest's 2 s: a heartbeat late under load must not hand a parked job over.
-    "CODEWORKER_CLAIM_TTL": "6",
-    "CODEWORKER_REAP_INTERVAL": "0.5",
-}
 RECOVERY_BOUND = 45.0
 """Seconds from a worker's death to its job running elsewhere, with the default settings."""
 
@@ -53,11 +44,8 @@ def broker_url(redis_server) -> str:
 
 @pytest.fixture()
 def fleet(worker_env: dict, tmp_path) -> Iterator[Fleet]:
-    fleet = Fleet({**worker_env, **SHORT}, tmp_path / "machines")
-    yield fleet
-    for worker in fleet.workers + fleet.killed:
-        print(f"==== {worker.name}\n" + "\n".join(worker.lines[-80:]))  # shown if the test failed
-    fleet.stop()
+    with Fleet({**worker_env, **SHORT_RECOVERY}, tmp_path / "machines") as fleet:
+        yield fleet
 
 
 def finished_once(result: dict, job: GatedJob, git_server, github_stub, broker) -> None:

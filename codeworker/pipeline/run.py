@@ -170,13 +170,11 @@ class OperationRun:
         return result.model_dump(mode="json")
 
     def _run_stages(self) -> Result:
-        for stage in stages.BEFORE_DELIVERY:
+        self.enter(stages.checkout.__name__)
+        stages.checkout(self)
+        for stage in (stages.resume,) if stages.resumable(self) else stages.AFTER_CHECKOUT:
             self.enter(stage.__name__)
             stage(self)
-            if stage is stages.checkout and stages.resumable(self):
-                self.enter(stages.resume.__name__)
-                stages.resume(self)
-                break
         deliver = stages.pull_request if self.job.approval_required else stages.merge
         self.enter(deliver.__name__)
         return deliver(self)
@@ -203,8 +201,8 @@ class OperationRun:
     def stop_if_lost(self, before: str, claim_held: bool = True) -> None:
         """Raise StageFailed if the watchdog found a lock or the claim lost, or ``claim_held`` (the
         caller's fresher word from Redis) is False: a superseded attempt goes no further."""
-        claim_lost = not claim_held or (self.watchdog.is_lost and not self.watchdog.lost)
-        if not claim_lost and not self.watchdog.is_lost:
+        claim_lost = not claim_held or bool(self.watchdog.lost_leases)
+        if not claim_lost and not self.watchdog.lost:
             return
         lost = [f"the lock on {', '.join(self.watchdog.lost)}"] if self.watchdog.lost else []
         if claim_lost:

@@ -202,8 +202,7 @@ def resume(run: OperationRun) -> None:
     )
 
 
-BEFORE_DELIVERY: tuple[Callable[[OperationRun], None], ...] = (
-    checkout,
+AFTER_CHECKOUT: tuple[Callable[[OperationRun], None], ...] = (
     register,
     lock,
     setup,
@@ -212,7 +211,8 @@ BEFORE_DELIVERY: tuple[Callable[[OperationRun], None], ...] = (
     commit,
     push,
 )
-"""Every job's stages up to the push; then :func:`pull_request` or :func:`merge` delivers it."""
+"""A job's stages from :func:`checkout` up to the push (or only :func:`resume`, for an earlier
+attempt's push); then :func:`pull_request` or :func:`merge` delivers it."""
 
 
 def pull_request(run: OperationRun) -> Result:

@@ -22,6 +22,18 @@ from tests.support.worker import WorkerProcess, get
 _names = itertools.count(1)
 
 
+SHORT_RECOVERY = {
+    # The jobs need no setup, and a worker then skips the start-up probe of setup's network.
+    "CODEWORKER_SETUP_NETWORK": "none",
+    "CODEWORKER_VISIBILITY_TIMEOUT": "6",
+    "CODEWORKER_RESTORE_INTERVAL": "0.5",
+    # Longer than conftest's 2 s: a heartbeat late under load must not hand a parked job over.
+    "CODEWORKER_CLAIM_TTL": "6",
+    "CODEWORKER_REAP_INTERVAL": "0.5",
+}
+"""Recovery shortened for the fault tests (the shipped defaults are 30 s, 5 s and 30 s)."""
+
+
 @dataclass
 class Fleet:
     """Workers sharing one broker; ``env`` is their common environment."""
@@ -73,6 +85,15 @@ class Fleet:
             worker.stop(timeout=30)
         self.stopped += self.workers
         self.workers.clear()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Print every worker's log tail (pytest shows it when the test failed), then stop them."""
+        for worker in self.workers + self.killed:
+            print(f"==== {worker.name}\n" + "\n".join(worker.lines[-80:]))
+        self.stop()
 
 
 @dataclass
