@@ -1,14 +1,16 @@
 """The ``codeworker`` command: run a worker, submit and follow jobs, look at locks and branches.
 
-Commands that only read Redis (``status``, ``locks``, ``branches``) need only ``REDIS_URL`` and
+Commands that only use Redis (``status``, ``locks``, ``branches``, ``cancel``) need only ``REDIS_URL`` and
 build no other client. A Redis that cannot be reached or refuses the password is one line naming
 it (the password masked by kombu's ``maybe_sanitize_url``) and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ import redis
 from kombu.utils.url import maybe_sanitize_url
 
 from codeworker.config import Settings, get_settings
-from codeworker.coordination.claims import OperationClaims
+from codeworker.coordination.cancellations import Cancellations, CancelState, cancellation_now
+from codeworker.coordination.claims import RUNNING, OperationClaims
 from codeworker.coordination.connection import redis_client
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import list_locks
@@ -224,12 +227,47 @@ def run(job_file: Path | None, **flags: Any) -> None:
 @main.command()
 @click.argument("operation_id")
 def status(operation_id: str) -> None:
-    """Show an operation's idempotency record: running (and where) or finished (with its result)."""
+    """Show an operation's idempotency record: running (and where) or finished (with its result),
+    and its cancellation if one was asked for."""
     settings = get_settings()
-    record = OperationClaims(*_store(settings), settings.claim_ttl, settings.result_expires).get(operation_id)
-    if record is None:
+    client, keys = _store(settings)
+    record = OperationClaims(client, keys, settings.claim_ttl, settings.result_expires).get(operation_id)
+    cancelled = Cancellations(client, keys, settings.result_expires).find(operation_id)
+    if record is None and cancelled is None:
         raise click.ClickException(f"no record of operation {operation_id}")
-    _echo_json(record)
+    _echo_json({**(record or {}), "cancellation": cancelled.model_dump() if cancelled else None})
+
+
+@main.command()
+@click.argument("operation_id")
+@click.option("--by", "requested_by", default=None, help="Who asks, for the result (default user@host).")
+def cancel(operation_id: str, requested_by: str | None) -> None:
+    """Cancel an operation. A queued job never starts; a running one stops within seconds and pushes
+    nothing more; a finished one is left as it is (exit status 1). Needs only REDIS_URL."""
+    settings = get_settings()
+    who = requested_by or f"{getpass.getuser()}@{socket.gethostname()}"
+    done = Cancellations(*_store(settings), settings.result_expires).request(
+        cancellation_now(who, "codeworker cancel"), operation_id=operation_id
+    )
+    if done.state is CancelState.FINISHED:
+        status = (done.result or {}).get("status")
+        raise click.ClickException(f"operation {operation_id} already finished ({status}); nothing to cancel")
+    assert done.cancellation is not None
+    if done.state is CancelState.ALREADY:
+        click.echo(
+            f"operation {operation_id} was already cancelled by {done.cancellation.requested_by} "
+            f"({done.cancellation.via})"
+        )
+    elif done.claim == RUNNING:
+        click.echo(
+            f"cancellation of {operation_id} recorded; it stops within {settings.cancel_poll_interval:g} s "
+            f"and its current step; `codeworker status {operation_id}` shows the result"
+        )
+    else:
+        click.echo(
+            f"cancellation of {operation_id} recorded; no worker runs it now (queued, or an unknown "
+            "id): it will not start"
+        )
 
 
 @main.command()

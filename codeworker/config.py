@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     claim_ttl: float = 30.0
     """Seconds an operation's heartbeat lives; a claim with a dead heartbeat can be taken over."""
 
+    cancel_poll_interval: float = 1.0
+    """Seconds between a running job's looks in Redis for a cancellation (its stop takes about
+    this long, plus the current step's end or a command's kill)."""
+
     max_stalls: int = 3
     """Times an operation may lose its worker (killed, crashed) and run again before it fails."""
 

@@ -86,6 +86,7 @@ class Status(StrEnum):
     CONFLICT = "conflict"
     INVALID = "invalid"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class _Model(BaseModel):
@@ -331,6 +332,18 @@ class PullRequestInfo(BaseModel):
     draft: bool = False
 
 
+class Cancellation(BaseModel):
+    """Who asked for an operation to stop, how and when (:mod:`codeworker.coordination.cancellations`)."""
+
+    requested_by: str
+    """The person or system that asked (``alice@ops-host``, ``backend``, ``celery revoke``)."""
+    via: str
+    """How: ``codeworker cancel``, ``codeworker.cancel`` (the control command), ``revoke``,
+    ``revoke (terminate, SIGTERM)``."""
+    requested_at: float
+    """Unix time the cancellation was recorded."""
+
+
 class Result(BaseModel):
     """The task's return value."""
 
@@ -348,3 +361,5 @@ class Result(BaseModel):
     usage: Usage = Usage()
     secret_findings: list[SecretFinding] = []
     summary: str = ""
+    cancellation: Cancellation | None = None
+    """Set when the operation was cancelled (status ``cancelled``)."""

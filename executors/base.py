@@ -46,6 +46,10 @@ class Workspace(Protocol):
     def test_command(self) -> str | None:
         """The job's test command, else the repository's, else a detected one."""
 
+    def stop_if_cancelled(self) -> None:
+        """Raise OperationCancelled once the operation was cancelled: an executor's loop asks between
+        its steps (a command running when it happens is killed and raises it too)."""
+
 
 class RetryLater(Exception):
     """The executor cannot go on now (the model API is overloaded or rate-limited); the job is

@@ -12,17 +12,20 @@ from typing import Any
 from celery import Task
 
 from codeworker.celery import app
-from codeworker.models import InvalidJob, OperationType, job_argument
+from codeworker.models import InvalidJob, OperationType, Status, job_argument
 from codeworker.pipeline.errors import RetryOperation
 from codeworker.pipeline.run import Progress
 from codeworker.pipeline.service import pipeline
+from codeworker.worker.cancelling import JobCancelled, OperationRequest
 
 
 def run_operation(
     task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], operation_type: OperationType
 ) -> dict[str, Any]:
     """Run the job (the task's one positional argument). A copy still running elsewhere, or a model
-    API that is overloaded, is retried later (the pipeline says when and has cleaned up)."""
+    API that is overloaded, is retried later (the pipeline says when and has cleaned up). A
+    cancelled job ends REVOKED (:mod:`codeworker.worker.cancelling`); its whole result is the
+    operation's record (``codeworker status``)."""
 
     def progress(stage: Progress) -> None:
         task.update_state(state="PROGRESS", meta=stage.model_dump())
@@ -32,7 +35,7 @@ def run_operation(
     except InvalidJob as exc:
         return pipeline().reject(None, exc)
     try:
-        return pipeline().run(
+        result = pipeline().run(
             job,
             operation_type,
             progress=progress,
@@ -41,6 +44,9 @@ def run_operation(
         )
     except RetryOperation as later:
         raise task.retry(countdown=later.retry_after, max_retries=None) from None
+    if result["status"] == Status.CANCELLED:
+        raise JobCancelled(result["error"])
+    return result
 
 
 def operation_task(module: str, doc: str | None) -> Task:
@@ -53,4 +59,4 @@ def operation_task(module: str, doc: str | None) -> Task:
     run.__doc__ = (doc or "").partition(": ")[2] or doc
     run.__name__ = run.__qualname__ = operation_type.value
     run.__module__ = module
-    return app.task(name=operation_type.task_name, bind=True)(run)
+    return app.task(name=operation_type.task_name, bind=True, Request=OperationRequest)(run)

@@ -38,7 +38,7 @@ VALID = {
     (S.MERGING, S.MERGED),
     (S.PR_OPEN, S.MERGED),
     (S.PR_OPEN, S.CLOSED),
-    *((live, end) for live in PATHS_TO for end in (S.FAILED, S.ABANDONED)),
+    *((live, end) for live in PATHS_TO for end in (S.FAILED, S.ABANDONED, S.CANCELLED)),
 }
 
 
@@ -126,6 +126,9 @@ INVALID = [
     (S.FAILED, S.ACTIVE),
     (S.FAILED, S.ABANDONED),
     (S.ABANDONED, S.FAILED),
+    (S.MERGED, S.CANCELLED),
+    (S.CANCELLED, S.ACTIVE),
+    (S.CANCELLED, S.FAILED),
 ]
 
 

@@ -34,6 +34,7 @@ import redis
 from codeworker.coordination.attempts import Attempt, ClaimLost
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.scripts import LuaScript
+from codeworker.models import Cancellation
 
 RUNNING = "running"
 FINISHED = "finished"
@@ -42,7 +43,7 @@ ABANDONED = "abandoned"
 
 CLAIM_SCRIPT = LuaScript(
     """
--- KEYS[1] record, KEYS[2] heartbeat
+-- KEYS[1] record, KEYS[2] heartbeat, KEYS[3..] where a cancellation of it would be
 -- ARGV[1] new owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms, ARGV[4] now, ARGV[5] operation id
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'finished' then
@@ -67,24 +68,35 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local counts = redis.call('HMGET', KEYS[1], 'stalls', 'deferrals', 'pushed')
-return {'claimed', stalled, counts[1] or '0', counts[2] or '0', counts[3] or ''}
+local cancelled = ''
+for i = 3, #KEYS do cancelled = cancelled ~= '' and cancelled or redis.call('GET', KEYS[i]) or '' end
+return {'claimed', stalled, counts[1] or '0', counts[2] or '0', counts[3] or '', cancelled}
 """
 )
 """Answer the stored result, or who is busy with it (counting the wait), or take it for ARGV[1]
 (counting a stall when the previous owner's heartbeat ran out while it was running), with the
-checkpoint an earlier attempt left when its branch reached the remote."""
+checkpoint an earlier attempt left when its branch reached the remote and the cancellation
+recorded for it, if any."""
 
-CHECKPOINT_SCRIPT = LuaScript(
+PROCEED_SCRIPT = LuaScript(
     """
--- KEYS[1] record; ARGV[1] owner, ARGV[2] checkpoint JSON
+-- KEYS[1] record, KEYS[2] heartbeat, KEYS[3..] where a cancellation of it would be
+-- ARGV[1] owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms, ARGV[4] checkpoint JSON or ''
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
-    return 0
+    return {'lost'}
 end
-redis.call('HSET', KEYS[1], 'pushed', ARGV[2])
-return 1
+for i = 3, #KEYS do
+    local cancelled = redis.call('GET', KEYS[i])
+    if cancelled then return {'cancelled', cancelled} end
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'pushed', ARGV[4]) end
+return {'proceed'}
 """
 )
-"""Record, for a running claim that is still ours, what its attempt pushed."""
+"""Let a running claim that is still ours and was not cancelled go on (renewing its lease), and
+record, when it is about to push, the checkpoint of what it pushes."""
 
 HEARTBEAT_SCRIPT = LuaScript(
     """
@@ -157,6 +169,8 @@ class Claim:
     """Attempts the executor deferred, over the operation's life."""
     pushed: str | None = None
     """The checkpoint (JSON) an earlier attempt recorded when its branch reached the remote."""
+    cancellation: Cancellation | None = None
+    """The operation was cancelled before this attempt claimed it: it ends without running."""
 
 
 class OperationClaims:
@@ -170,11 +184,12 @@ class OperationClaims:
         self.ttl = ttl
         self.result_ttl = result_ttl
 
-    def claim(self, operation_id: str) -> Claim:
-        """Take the operation, or learn that it is finished or that someone else runs it."""
+    def claim(self, operation_id: str, task_id: str | None = None) -> Claim:
+        """Take the operation, or learn that it is finished or that someone else runs it.
+        ``task_id``: the Celery task carrying it, whose revoke cancels it too."""
         owner = self._new_owner()
         reply = CLAIM_SCRIPT(
-            keys=self._keys(operation_id),
+            keys=[*self._keys(operation_id), *self.keys.cancellations(operation_id, task_id)],
             args=[owner, self._ms(self.ttl), self._record_ttl_ms, time.time(), operation_id],
             client=self.client,
         )
@@ -192,6 +207,7 @@ class OperationClaims:
             stalls=int(reply[2]),
             deferrals=int(reply[3]),
             pushed=reply[4] or None,
+            cancellation=Cancellation.model_validate_json(reply[5]) if reply[5] else None,
         )
 
     def attempt(self, operation_id: str, owner: str) -> Attempt:
@@ -208,12 +224,25 @@ class OperationClaims:
             )
         )
 
-    def checkpoint(self, attempt: Attempt, pushed: str) -> None:
-        """Record what ``attempt`` pushed, so an attempt after it that finds the remote branch at
-        that commit delivers it instead of running the job again; :class:`ClaimLost` if the claim
-        is no longer the attempt's."""
-        if not CHECKPOINT_SCRIPT(keys=[attempt.claim_key], args=[attempt.owner, pushed], client=self.client):
-            raise ClaimLost(attempt.operation_id, attempt.owner, "its push checkpoint")
+    def proceed(
+        self, attempt: Attempt, task_id: str | None, pushed: str | None = None
+    ) -> Cancellation | None:
+        """Ask, in one Redis step, whether ``attempt`` may send something off the machine: it still
+        holds the claim (else :class:`ClaimLost`) and the operation was not cancelled (else the
+        cancellation). ``pushed``: the checkpoint of the push it is about to make, recorded in the
+        same step, so an attempt after it that finds the remote branch at that commit delivers it
+        instead of running the job again."""
+        reply = PROCEED_SCRIPT(
+            keys=[
+                *self._keys(attempt.operation_id),
+                *self.keys.cancellations(attempt.operation_id, task_id),
+            ],
+            args=[attempt.owner, self._ms(self.ttl), self._record_ttl_ms, pushed or ""],
+            client=self.client,
+        )
+        if reply[0] == "lost":
+            raise ClaimLost(attempt.operation_id, attempt.owner, "its push" if pushed else "its delivery")
+        return Cancellation.model_validate_json(reply[1]) if reply[0] == "cancelled" else None
 
     def finish(self, operation_id: str, owner: str, result: dict[str, Any]) -> None:
         """Store the result so redeliveries return it; :class:`ClaimLost` if no longer ours."""

@@ -6,6 +6,8 @@
     {prefix}:op:{operation_id}           hash    idempotency claim: state, owner, result, counts,
                                                  pushed (the checkpoint of a push)
     {prefix}:op:{operation_id}:beat      string  owner of a running claim (PX = claim TTL)
+    {prefix}:cancel:op:{operation_id}    string  cancellation (JSON) of an operation
+    {prefix}:cancel:task:{task_id}       string  cancellation (JSON) of a Celery task id (revoke)
     {prefix}:branch:{repo}:{branch}      hash    branch registry record
     {prefix}:branches:repo:{repo}        set     branch record keys of one repository
     {prefix}:branches:status:{status}    set     branch record keys in one status
@@ -52,6 +54,20 @@ class Keys:
 
     def heartbeat(self, operation_id: str) -> str:
         return f"{self.prefix}:op:{operation_id}:beat"
+
+    def cancellations(self, operation_id: str, task_id: str | None = None) -> list[str]:
+        """Where a cancellation of the operation is recorded: by its id, and by the Celery task id
+        of the message that carries it (all a revoke knows)."""
+        keys = [self.operation_cancellation(operation_id)]
+        if task_id:
+            keys.append(self.task_cancellation(task_id))
+        return keys
+
+    def operation_cancellation(self, operation_id: str) -> str:
+        return f"{self.prefix}:cancel:op:{operation_id}"
+
+    def task_cancellation(self, task_id: str) -> str:
+        return f"{self.prefix}:cancel:task:{task_id}"
 
     def branch(self, repo: str, branch: str) -> str:
         return f"{self.prefix}:branch:{repo}:{branch}"

@@ -38,6 +38,7 @@ class BranchStatus(StrEnum):
     CLOSED = "closed"
     FAILED = "failed"
     ABANDONED = "abandoned"
+    CANCELLED = "cancelled"
 
 
 LIVE_STATUSES = frozenset(
@@ -54,10 +55,15 @@ _FORWARD: dict[BranchStatus, frozenset[BranchStatus]] = {
 
 TRANSITIONS: dict[BranchStatus, frozenset[BranchStatus]] = {
     status: _FORWARD.get(status, frozenset())
-    | (frozenset({BranchStatus.FAILED, BranchStatus.ABANDONED}) if status in LIVE_STATUSES else frozenset())
+    | (
+        frozenset({BranchStatus.FAILED, BranchStatus.ABANDONED, BranchStatus.CANCELLED})
+        if status in LIVE_STATUSES
+        else frozenset()
+    )
     for status in BranchStatus
 }
-"""Status -> statuses it may move to: the happy path, plus failed or abandoned from any live status."""
+"""Status -> statuses it may move to: the happy path, plus failed, abandoned or cancelled from any
+live status."""
 
 
 def sources_of(to: BranchStatus) -> list[BranchStatus]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from codeworker import logs
+from codeworker.coordination.cancellations import CancelSignal, CancelWatch, OperationCancelled
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import BranchStatus
@@ -76,8 +77,10 @@ class OperationRun:
         progress: ProgressSink | None,
         started: float,
         pushed: Pushed | None = None,
+        task_id: str | None = None,
     ) -> None:
-        """``pushed``: the checkpoint of an earlier attempt whose branch reached the remote."""
+        """``pushed``: the checkpoint of an earlier attempt whose branch reached the remote;
+        ``task_id``: the Celery task carrying the job, whose revoke cancels it."""
         self.p = pipeline
         self.job = job
         self.executor = executor
@@ -102,11 +105,23 @@ class OperationRun:
             interval=min(pipeline.settings.lock_ttl, pipeline.settings.claim_ttl) / 3,
             also=[self.heartbeat_claim],
         )
+        self.task_id = task_id
+        self.cancel = CancelSignal()
+        """Set once the operation is cancelled: kills a running command, stops the next step."""
+        self.cancel_watch = CancelWatch(
+            pipeline.cancellations,
+            job.operation_id,
+            task_id,
+            self.cancel,
+            pipeline.settings.cancel_poll_interval,
+        )
         self.pushed = pushed
         self.undo = ExitStack()
         self.final_attempt = True
         self.stage: str | None = None
         self.stage_started = 0.0
+        self.last_stage = "claim"
+        """The stage entered last (kept after it ends, for a cancelled run's result)."""
         self._worktree: Worktree | None = None
         self._checkout: Checkout | None = None
         self.outcome: Outcome | None = None
@@ -155,14 +170,17 @@ class OperationRun:
         try:
             with self.undo:
                 self.undo.enter_context(self.watchdog)
+                self.undo.enter_context(self.cancel_watch)
                 result = self._run_stages()
         except Exception as exc:  # the job ends with a result whatever broke; the log keeps the trace
             failure = self._ending(exc)
             if failure is None:
                 raise
-            if not isinstance(exc, (StageFailed, RetryLater)):
+            if not isinstance(exc, (StageFailed, RetryLater, OperationCancelled)):
                 log.exception("operation failed in an unexpected way")
             result = self._failed(failure)
+            if isinstance(exc, OperationCancelled):
+                result.cancellation = exc.cancellation
         finally:
             self._end_stage()
             if self.outcome is not None:
@@ -184,7 +202,8 @@ class OperationRun:
         An attempt whose watchdog found its claim or a lock lost stops here instead."""
         self._end_stage()
         self.stop_if_lost(stage)
-        self.stage, self.stage_started = stage, time.monotonic()
+        self.cancel.raise_if_set()
+        self.stage, self.stage_started, self.last_stage = stage, time.monotonic(), stage
         log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
         self._journal(stage)
         if self.progress is not None:
@@ -235,18 +254,27 @@ class OperationRun:
         )
 
     def _ending(self, exc: Exception) -> StageFailed | None:
+        if isinstance(exc, OperationCancelled):
+            kept = (
+                f"the branch was pushed ({len(self.commits)} commit(s)) and is kept"
+                if self.commits
+                else "nothing was pushed"
+            )
+            return StageFailed(Status.CANCELLED, f"{exc} during {self.last_stage}; {kept}")
         return ending(exc, self.final_attempt, self.p.settings.max_deferrals)
 
     def settle_branch(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         """The undo of registering the branch: a run that raises past it leaves the record failed,
-        or abandoned when the job is deferred. A job cancelled by a shutdown (``SystemExit``) keeps
-        its record live for the main process to abandon."""
+        cancelled when the operation was, or abandoned when the job is deferred. A job cancelled by
+        a shutdown (``SystemExit``) keeps its record live for the main process to abandon."""
         if not isinstance(exc, Exception):
             return
         failure = self._ending(exc)
-        if failure is None:
+        if isinstance(exc, OperationCancelled):
+            self._mark_branch(BranchStatus.CANCELLED, str(failure))
+        elif failure is None:
             self._mark_branch(BranchStatus.ABANDONED, f"deferred: {exc}")
         else:
             self._mark_branch(BranchStatus.FAILED, str(failure))
@@ -262,7 +290,7 @@ class OperationRun:
     def result(self, status: Status, pr: PullRequestInfo | None = None, error: str | None = None) -> Result:
         outcome = self.outcome
         verified = outcome is not None and outcome.verified
-        if error is None and not verified and status not in (Status.FAILED, Status.INVALID):
+        if error is None and not verified and status not in (Status.FAILED, Status.INVALID, Status.CANCELLED):
             error = "verification failed: the change did not keep the tests as they were"
         return Result(
             success=error is None,

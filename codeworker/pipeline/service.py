@@ -24,6 +24,7 @@ import redis
 from codeworker import logs
 from codeworker.config import Settings, get_settings
 from codeworker.coordination.attempts import ClaimLost, attempt_token
+from codeworker.coordination.cancellations import Cancellations
 from codeworker.coordination.claims import FINISHED, RUNNING, Abandoned, Claim, ClaimState, OperationClaims
 from codeworker.coordination.connection import redis_client
 from codeworker.coordination.keys import Keys
@@ -33,7 +34,7 @@ from codeworker.executors.base import Executor, RetryLater
 from codeworker.executors.registry import UnknownExecutor, load_executor
 from codeworker.git.mirrors import Mirrors
 from codeworker.github import PullRequests
-from codeworker.models import InvalidJob, Job, Result, Status, parse_job
+from codeworker.models import Cancellation, InvalidJob, Job, Result, Status, parse_job
 from codeworker.names import is_operation_id
 from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import OperationBusy, OperationDeferred, busy_delay, deferral_delay
@@ -51,6 +52,7 @@ class Pipeline:
     settings: Settings
     registry: BranchRegistry
     claims: OperationClaims
+    cancellations: Cancellations
     mirrors: Mirrors
     scanner: SecretScanner
     pulls: PullRequests
@@ -70,6 +72,7 @@ class Pipeline:
             settings=settings,
             registry=BranchRegistry(client, keys),
             claims=OperationClaims(client, keys, settings.claim_ttl, settings.result_expires),
+            cancellations=Cancellations(client, keys, settings.result_expires),
             mirrors=Mirrors(
                 settings.workspace_root,
                 settings.github_token,
@@ -114,7 +117,7 @@ class Pipeline:
             return self.reject(raw, exc)
 
         with logs.bound_operation(job.operation_id):
-            claim = self.claims.claim(job.operation_id)
+            claim = self.claims.claim(job.operation_id, task_id)
             if claim.state is ClaimState.FINISHED:
                 log.info("operation already finished; returning its recorded result")
                 assert claim.result is not None
@@ -129,6 +132,8 @@ class Pipeline:
                 )
             if redelivered:
                 log.warning("operation redelivered", extra={"lifecycle": "redelivered"})
+            if claim.cancellation is not None:
+                return self._record(job, claim.owner, self._never_started(job, claim.cancellation))
             if claim.stalls > self.settings.max_stalls:
                 return self._give_up(
                     job,
@@ -146,7 +151,7 @@ class Pipeline:
                 },
             )
             pushed = Pushed.model_validate_json(claim.pushed) if claim.pushed else None
-            run = OperationRun(self, job, executor, claim.owner, progress, started, pushed)
+            run = OperationRun(self, job, executor, claim.owner, progress, started, pushed, task_id)
             try:
                 result = run.execute(final_attempt=claim.deferrals >= self.settings.max_deferrals)
             except RetryLater as exc:
@@ -180,6 +185,22 @@ class Pipeline:
         return self._record(job, owner, self._failure(job, error))
 
     @staticmethod
+    def _never_started(job: Job, cancellation: Cancellation) -> dict[str, Any]:
+        """The result of an operation cancelled before any attempt of it ran: it left nothing."""
+        error = (
+            f"cancelled by {cancellation.requested_by} ({cancellation.via}) before it started; "
+            "nothing was done"
+        )
+        log.warning("operation cancelled: %s", error, extra={"status": Status.CANCELLED})
+        return Result(
+            success=False,
+            operation_id=job.operation_id,
+            status=Status.CANCELLED,
+            error=error,
+            cancellation=cancellation,
+        ).model_dump(mode="json")
+
+    @staticmethod
     def _failure(job: Job, error: str) -> dict[str, Any]:
         log.warning("operation failed: %s", error, extra={"status": Status.FAILED})
         return Result(
@@ -196,7 +217,13 @@ class Pipeline:
             self.journal.remove(job.operation_id, owner)
             return self._superseded(job, result)
         self.journal.remove(job.operation_id, owner)
-        outcome = "completed" if result["success"] else "failed"
+        outcome = (
+            "cancelled"
+            if result["status"] == Status.CANCELLED
+            else "completed"
+            if result["success"]
+            else "failed"
+        )
         log.info(
             "operation %s",
             outcome,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from codeworker.coordination.attempts import ClaimLost
 from codeworker.coordination.registry import BranchRecord, BranchStatus
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
 from codeworker.github import GitHubError
@@ -84,7 +85,7 @@ def lock(run: OperationRun) -> None:
             metrics.lock_wait(job.operation_type, time.monotonic() - waited, acquired=acquired)
         run.p.registry.update(run.repo, run.branch, attempt=run.attempt, fencing_token=fence)
     try:
-        workspace = Checkout(run.worktree, run.locks, run.p.settings, job.test_command)
+        workspace = Checkout(run.worktree, run.locks, run.p.settings, job.test_command, run.cancel)
     except RepoConfigError as exc:
         raise StageFailed(Status.FAILED, str(exc)) from None
     run.on_exit(workspace.close)
@@ -140,14 +141,14 @@ def commit(run: OperationRun) -> None:
 
 
 def push(run: OperationRun) -> None:
-    """The branch to the remote, only while every lease is still held. The checkpoint is written
-    first: a worker killed during or right after the push leaves it behind for the next attempt,
-    which delivers the push if the remote has it (:func:`resumable`) and ignores it otherwise."""
-    _check_leases(run)
+    """The branch to the remote, only while every lease is still held and the operation was not
+    cancelled. The checkpoint is written first, in the same Redis step as that check: a worker
+    killed during or right after the push leaves it behind for the next attempt, which delivers
+    the push if the remote has it (:func:`resumable`) and ignores it otherwise."""
     assert run.outcome is not None
     commits = run.worktree.commits()
     pushed = Pushed(commits=commits, files=run.files, outcome=run.outcome, findings=run.findings)
-    run.p.claims.checkpoint(run.attempt, pushed.model_dump_json())
+    _check_leases(run, "pushing", pushed)
     try:
         run.worktree.push()
     except GitError:
@@ -216,9 +217,11 @@ attempt's push); then :func:`pull_request` or :func:`merge` delivers it."""
 
 
 def pull_request(run: OperationRun) -> Result:
-    """A pull request for review (a draft when unverified); the branch stays pushed if it fails."""
+    """A pull request for review (a draft when unverified), unless the claim was lost or the
+    operation cancelled since the push; the branch stays pushed if it fails."""
     assert run.outcome is not None
     job = run.job
+    _check_leases(run, "opening the pull request")
     try:
         pr = run.p.pulls.open(
             job.repository.owner,
@@ -246,7 +249,7 @@ def merge(run: OperationRun) -> Result:
     settings = run.p.settings
     message = f"Merge {run.branch} into {run.job.repository.branch}"
     for attempt in range(1, MERGE_ATTEMPTS + 1):
-        _check_leases(run)
+        _check_leases(run, "merging")
         try:
             run.worktree.merge_into_base(message, settings.git_author_name, settings.git_author_email)
             break
@@ -275,10 +278,21 @@ def _check_change_size(run: OperationRun) -> None:
             raise ChangeTooLarge("bytes of diff", size, settings.max_diff_bytes, "CODEWORKER_MAX_DIFF_BYTES")
 
 
-def _check_leases(run: OperationRun) -> None:
-    """Stop before anything leaves the machine if a lock or the claim was lost (expired or taken).
+def _check_leases(run: OperationRun, before: str, pushed: Pushed | None = None) -> None:
+    """Stop before anything leaves the machine if a lock or the claim was lost (expired or taken),
+    or the operation was cancelled; record ``pushed``, the checkpoint of a push, if it may go on.
 
-    Asked of Redis now, not only of the watchdog's last beat: an attempt superseded since then
-    must not push."""
-    run.stop_if_lost("pushing", claim_held=run.heartbeat_claim())
+    Asked of Redis now, not only of the watchdog's last beat or the cancellation watch's last
+    look: an attempt superseded or cancelled since then must not push or open a pull request."""
+    run.stop_if_lost(before)
     run.locks.verify()
+    try:
+        cancelled = run.p.claims.proceed(
+            run.attempt, run.task_id, pushed.model_dump_json() if pushed else None
+        )
+    except ClaimLost:
+        run.stop_if_lost(before, claim_held=False)
+        raise
+    if cancelled is not None:
+        run.cancel.set(cancelled)
+        run.cancel.raise_if_set()

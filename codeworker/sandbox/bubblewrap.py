@@ -49,7 +49,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from codeworker.config import Settings, SetupNetwork
-from codeworker.sandbox.commands import CommandResult, command_env, run_process
+from codeworker.sandbox.commands import CommandResult, Interrupts, command_env, run_process
 from codeworker.sandbox.network import TAP, NetworkUnavailable, UserNetwork
 from codeworker.sandbox.setup_cache import CacheMount
 from codeworker.secrets.scanner import SCANNER_VENV
@@ -214,6 +214,8 @@ class Sandbox:
     """HOME and TMPDIR of commands when running unsandboxed (a private directory of the job)."""
     cache: CacheMount | None = None
     """The setup result commands use (read-only), or that setup is writing (read-write)."""
+    interrupts: Interrupts | None = None
+    """What kills a running command before its timeout (the job's cancellation)."""
 
     @classmethod
     def for_checkout(
@@ -223,6 +225,7 @@ class Sandbox:
         workspace_roots: Sequence[Path],
         git: GitView | None = None,
         scratch: Path | None = None,
+        interrupts: Interrupts | None = None,
     ) -> Sandbox:
         """The sandbox of a worktree: the checkout writable, the mirror readable with every
         worktree's admin dir hidden and this one's private copy in its place, ``scratch`` writable."""
@@ -238,7 +241,14 @@ class Sandbox:
         if scratch is not None:
             writable.append(scratch)
         mounts = Mounts(tuple(writable), tuple(readable), tuple(replaced))
-        return cls(settings, checkout, mounts, tuple(hidden), fallback_home=scratch or Path(SANDBOX_TMP))
+        return cls(
+            settings,
+            checkout,
+            mounts,
+            tuple(hidden),
+            fallback_home=scratch or Path(SANDBOX_TMP),
+            interrupts=interrupts,
+        )
 
     def with_cache(self, cache: CacheMount | None) -> Sandbox:
         """The same sandbox with a setup cache entry bound (read-only unless setup is writing it)."""
@@ -270,18 +280,25 @@ class Sandbox:
         argv = self._limited(argv)
         timeout = timeout or self.settings.command_timeout
         if not self.confined:
-            return run_process(argv, shown, self.checkout, environment, timeout)
+            return run_process(argv, shown, self.checkout, environment, timeout, interrupts=self.interrupts)
         outer_env = {"PATH": "/usr/bin:/bin"}
         if network == "isolated" and _network_problem(self.settings) is not None:
             check_sandbox(self.settings)  # raises unless allowed
             network = "host"
         if network != "isolated":
             argv = self.bwrap_argv(argv, environment, network)
-            return run_process(argv, shown, self.checkout, outer_env, timeout)
+            return run_process(argv, shown, self.checkout, outer_env, timeout, interrupts=self.interrupts)
         with UserNetwork(self.settings.slirp4netns) as user_network:
             argv = self.bwrap_argv(user_network.gated(argv), environment, network, user_network.bwrap_args())
             return run_process(
-                argv, shown, self.checkout, outer_env, timeout, user_network.pass_fds, user_network.attach
+                argv,
+                shown,
+                self.checkout,
+                outer_env,
+                timeout,
+                user_network.pass_fds,
+                user_network.attach,
+                self.interrupts,
             )
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from codeworker.config import Settings
+from codeworker.coordination.cancellations import CancelSignal
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.git.worktree import Worktree
@@ -68,8 +69,11 @@ class Checkout:
         locks: FileLocks,
         settings: Settings,
         requested_test_command: str | None,
+        cancel: CancelSignal | None = None,
     ) -> None:
+        """``cancel``: the job's cancellation, which kills a running command and stops the next."""
         self._worktree = worktree
+        self._cancel = cancel
         self._locks = locks
         self._settings = settings
         self._requested_test_command = requested_test_command
@@ -82,7 +86,9 @@ class Checkout:
         # Mirrors keeps worktrees at <root>/worktrees/<operation id>; hide that root as well as the
         # configured one, so no other job's checkout or mirror is visible.
         roots = [worktree.path.parent.parent, settings.workspace_root]
-        self._sandbox = Sandbox.for_checkout(settings, worktree.path, roots, self._git_view, self._scratch)
+        self._sandbox = Sandbox.for_checkout(
+            settings, worktree.path, roots, self._git_view, self._scratch, cancel
+        )
 
     @property
     def root(self) -> Path:
@@ -162,10 +168,17 @@ class Checkout:
     def run(
         self, command: str | Sequence[str], timeout: float | None = None, env: Mapping[str, str] | None = None
     ) -> CommandResult:
+        self.stop_if_cancelled()
         try:
-            return self._sandbox.run(command, timeout, env)
+            result = self._sandbox.run(command, timeout, env)
         finally:
             self._clear_scratch()
+        self.stop_if_cancelled()  # the command was killed for it
+        return result
+
+    def stop_if_cancelled(self) -> None:
+        if self._cancel is not None:
+            self._cancel.raise_if_set()
 
     def setup(self) -> CommandResult | None:
         """Run the repository's setup once, with network (``setup_network``), before the model
@@ -193,6 +206,7 @@ class Checkout:
                 )
             finally:
                 self._clear_scratch()
+            self.stop_if_cancelled()
             if not result.ok:
                 raise SetupFailed(result)
             published = build.publish()

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ")
 """The only variables a repository command inherits from the worker."""
@@ -37,6 +39,14 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+
+class Interrupts(Protocol):
+    """What may stop a running command early: a cancelled job's
+    :class:`~codeworker.coordination.cancellations.CancelSignal`."""
+
+    def killing(self, kill: Callable[[], None]) -> AbstractContextManager[None]:
+        """While inside, an interruption calls ``kill``."""
 
 
 def command_env(home: Path) -> dict[str, str]:
@@ -86,9 +96,10 @@ def run_process(
     timeout: float,
     pass_fds: Sequence[int] = (),
     started: Callable[[subprocess.Popen[str], float], None] | None = None,
+    interrupts: Interrupts | None = None,
 ) -> CommandResult:
-    """Run ``argv`` in its own process group; on timeout the whole group is killed, so a command
-    that forks cannot outlive its job.
+    """Run ``argv`` in its own process group; on timeout, or when ``interrupts`` says so, the whole
+    group is killed, so a command that forks cannot outlive its job.
 
     ``started`` is called with the process and the timeout before its output is read (setup's
     network is attached there); the time it takes counts against the timeout, and if it raises,
@@ -114,7 +125,8 @@ def run_process(
             process.communicate()
             raise
     try:
-        output, _ = process.communicate(timeout=max(timeout - (time.monotonic() - begun), 0))
+        with interrupts.killing(lambda: _kill_group(process)) if interrupts else nullcontext():
+            output, _ = process.communicate(timeout=max(timeout - (time.monotonic() - begun), 0))
     except subprocess.TimeoutExpired:
         _kill_group(process)
         output, _ = process.communicate()

@@ -23,6 +23,7 @@ from codeworker.config import get_settings
 from codeworker.coordination.connection import redis_client
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.registry import BranchRegistry
+from codeworker.worker import cancelling  # noqa: F401  (registers the revoke and cancel commands)
 from codeworker.worker import signals as worker_signals
 from codeworker.worker.health import ConsumerHeartbeat, RedisPing
 from codeworker.worker.http import HttpServer, WorkerState

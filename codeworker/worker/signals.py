@@ -18,10 +18,11 @@ from celery import signals
 
 from codeworker import logs
 from codeworker.config import get_settings
-from codeworker.models import OperationType
+from codeworker.models import OperationType, Status
 from codeworker.pipeline.service import WORKER_PID_ENV
 from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.worker import metrics, orphans
+from codeworker.worker.cancelling import JobCancelled
 from codeworker.worker.journal import WORKER_ID_ENV, ActiveJobs
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def _count_job_finished(
     if operation_type is None or started is None:
         return
     status = retval.get("status") if isinstance(retval, dict) else None
+    if isinstance(retval, JobCancelled):
+        status = Status.CANCELLED
     metrics.job_finished(
         operation_type, str(status or (state or "unknown").lower()), time.monotonic() - started
     )

@@ -73,6 +73,7 @@ class Agent:
     def work(self) -> str | None:
         """Run until the model ends its turn (None) or the job must stop (the reason)."""
         while True:
+            self.env.stop_if_cancelled()
             if self.turns >= self.settings.max_turns:
                 return f"turn limit reached ({self.settings.max_turns} model turns)"
             budget = self.ledger.check()

@@ -52,6 +52,9 @@ class Environment(Protocol):
 
     def call(self, name: str, tool_input: dict[str, Any]) -> ToolResult: ...
 
+    def stop_if_cancelled(self) -> None:
+        """Raise OperationCancelled once the job was cancelled (asked before every turn)."""
+
 
 def numbered(lines: list[str], first: int = 1) -> str:
     return "\n".join(f"{number:6}\t{line}" for number, line in enumerate(lines, start=first))
@@ -66,6 +69,9 @@ class Tools:
         self.workspace = workspace
         self.max_output = max_output
         self.max_view_bytes = max_view_bytes
+
+    def stop_if_cancelled(self) -> None:
+        self.workspace.stop_if_cancelled()
 
     def call(self, name: str, tool_input: dict[str, Any]) -> ToolResult:
         try:

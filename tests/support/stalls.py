@@ -45,6 +45,8 @@ class Fleet:
     """Workers killed or terminated while the others ran on."""
     stopped: list[WorkerProcess] = field(default_factory=list)
     """Workers :meth:`stop` stopped at the end."""
+    concurrency: int = 2
+    """Pool processes per worker."""
 
     def start(self) -> WorkerProcess:
         number = next(_names)
@@ -57,6 +59,7 @@ class Fleet:
                 "CODEWORKER_METRICS_DIR": str(self.root / f"metrics-{number}"),
             },
             name=f"fleet-{number}",
+            concurrency=self.concurrency,
         ).start()
         self.workers.append(worker)
         return worker
