@@ -26,6 +26,7 @@ from codeworker.coordination.connection import redis_client
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import list_locks
 from codeworker.coordination.registry import BranchRegistry, BranchStatus
+from codeworker.doctor import Finding, Verdict, run_checks
 from codeworker.models import InvalidJob, OperationType, parse_job
 from codeworker.pipeline.service import pipeline
 
@@ -125,11 +126,23 @@ def main() -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Concurrent jobs (WORKER_CONCURRENCY).")
 @click.option("--hostname", "-n", default=None, help="Worker node name (default codeworker@%h).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option(
+    "--doctor",
+    "check_first",
+    is_flag=True,
+    help="Run `codeworker doctor` first; refuse to start if a check fails.",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
-    concurrency: int | None, hostname: str | None, loglevel: str, celery_args: tuple[str, ...]
+    concurrency: int | None,
+    hostname: str | None,
+    loglevel: str,
+    check_first: bool,
+    celery_args: tuple[str, ...],
 ) -> None:
     """Start a worker consuming the code-operation queue (extra arguments go to Celery)."""
+    if check_first and not _report(run_checks(get_settings())):
+        raise click.ClickException("codeworker worker refuses to start: a doctor check failed (above)")
     # SIGTERM means "finish within the grace period, then requeue": Celery's soft shutdown.
     # billiard reads this when first imported, so it must be set before Celery's worker loads.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
@@ -300,6 +313,22 @@ def branches(repo: str | None, status_: str | None, as_json: bool) -> None:
     for record in records:
         pr = f"  PR #{record.pr_number}" if record.pr_number else ""
         click.echo(f"{record.status.value:<9} {record.repo}  {record.branch}  {record.operation_id}{pr}")
+
+
+@main.command()
+@click.option("--repo", "repository", default=None, help="owner/name of a repository the token must push to.")
+def doctor(repository: str | None) -> None:
+    """Check that this host can run a worker: one line per check (ok, warning or failed, and the
+    fix). Exit status 1 when a check failed."""
+    if not _report(run_checks(get_settings(), repository)):
+        sys.exit(1)
+
+
+def _report(findings: list[Finding]) -> bool:
+    """Print one line per finding; whether none failed."""
+    for finding in findings:
+        click.echo(finding.line())
+    return all(finding.verdict is not Verdict.FAILED for finding in findings)
 
 
 @main.command()

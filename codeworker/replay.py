@@ -41,6 +41,15 @@ class Reply:
     headers: dict[str, str] | None = None
 
 
+MODEL_ENTRY = {
+    "type": "model",
+    "id": "claude-sonnet-4-6",
+    "display_name": "Claude Sonnet 4.6",
+    "created_at": "2026-01-01T00:00:00Z",
+}
+"""The one model the loopback servers list."""
+
+
 def api_error(status: int, kind: str, message: str) -> Reply:
     """An error in the API's own shape."""
     return Reply(status, {"type": "error", "error": {"type": kind, "message": message}})
@@ -81,7 +90,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(self.server.owner.handle(request))
 
     def do_GET(self) -> None:
-        self._send(api_error(404, "not_found_error", f"{self.path} is not served here"))
+        """Only ``/v1/models`` (``codeworker doctor``'s authenticated call), with the key checked."""
+        server = self.server.owner
+        if self.path.split("?")[0] != "/v1/models":
+            self._send(api_error(404, "not_found_error", f"{self.path} is not served here"))
+        elif server.api_key is not None and not server._authorized(
+            {k.lower(): v for k, v in self.headers.items()}
+        ):
+            self._send(api_error(401, "authentication_error", "invalid x-api-key"))
+        else:
+            self._send(
+                Reply(200, {"data": [MODEL_ENTRY], "has_more": False, "first_id": None, "last_id": None})
+            )
 
     def _send(self, reply: Reply) -> None:
         data = b"" if reply.body is None else json.dumps(reply.body).encode()

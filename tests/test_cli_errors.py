@@ -33,7 +33,7 @@ def test_read_only_commands_need_only_redis(redis_server):
 
 def test_an_unreachable_redis_is_one_line_with_the_password_masked():
     env = {"REDIS_URL": f"redis://:hunter2secret@127.0.0.1:{free_port()}/0", "GITHUB_TOKEN": ""}
-    for command in (["branches"], ["locks"], ["status", "op-1"]):
+    for command in (["branches"], ["locks"], ["status", "op-1"], ["cancel", "op-1"]):
         done = codeworker(env, *command, check=False)
         line = one_line_error(done)
         assert line.startswith("Error: cannot reach Redis at redis://:**@127.0.0.1:"), line
@@ -84,3 +84,18 @@ def test_submit_wait_says_when_no_worker_consumes_the_queue(redis_server, git_se
     store = redis.Redis.from_url(db)
     assert [json.loads(m)["headers"]["id"] for m in store.lrange("code-operation", 0, -1)] == [task_id]
     store.delete("code-operation")
+
+
+def test_cancel_needs_only_redis_and_says_what_it_did(redis_server):
+    env = {"REDIS_URL": quiet_db(redis_server), "GITHUB_TOKEN": "", "ANTHROPIC_API_KEY": ""}
+    done = codeworker(env, "cancel", "op-never-sent", "--by", "carol")
+    assert done.stdout.strip() == (
+        "cancellation of op-never-sent recorded; no worker runs it now (queued, or an unknown id): "
+        "it will not start"
+    )
+    again = codeworker(env, "cancel", "op-never-sent")
+    assert (
+        again.stdout.strip() == "operation op-never-sent was already cancelled by carol (codeworker cancel)"
+    )
+    status = json.loads(codeworker(env, "status", "op-never-sent").stdout)
+    assert status["cancellation"]["requested_by"] == "carol"

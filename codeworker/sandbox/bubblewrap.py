@@ -82,7 +82,7 @@ PROBE_SANDBOX = (
 
 
 @lru_cache(maxsize=8)
-def _probe(bwrap: str) -> str | None:
+def sandbox_problem(bwrap: str) -> str | None:
     """None when ``bwrap`` can build the sandbox we use; otherwise why not (cached per process)."""
     executable = shutil.which(bwrap)
     if executable is None:
@@ -135,7 +135,7 @@ def check_sandbox(settings: Settings) -> None:
 
     With ``allow_unsandboxed`` the worker starts anyway and says so once, loudly.
     """
-    problem = _probe(settings.bwrap)
+    problem = sandbox_problem(settings.bwrap)
     if problem is not None:
         if not settings.allow_unsandboxed:
             raise SandboxUnavailable(
@@ -143,7 +143,7 @@ def check_sandbox(settings: Settings) -> None:
             )
         _warn_unsandboxed(problem)
         return
-    problem = _network_problem(settings)
+    problem = network_problem(settings)
     if problem is None:
         return
     if not settings.allow_unsandboxed:
@@ -154,7 +154,7 @@ def check_sandbox(settings: Settings) -> None:
     _warn_host_network(problem)
 
 
-def _network_problem(settings: Settings) -> str | None:
+def network_problem(settings: Settings) -> str | None:
     """Why setup cannot have the isolated network it is configured for; None when it can (or
     need not)."""
     if settings.setup_network != "isolated":
@@ -257,7 +257,7 @@ class Sandbox:
     @property
     def confined(self) -> bool:
         """False only when bubblewrap is unusable and the operator allowed running without it."""
-        problem = _probe(self.settings.bwrap)
+        problem = sandbox_problem(self.settings.bwrap)
         if problem is None:
             return True
         check_sandbox(self.settings)  # raises unless allowed
@@ -282,7 +282,7 @@ class Sandbox:
         if not self.confined:
             return run_process(argv, shown, self.checkout, environment, timeout, interrupts=self.interrupts)
         outer_env = {"PATH": "/usr/bin:/bin"}
-        if network == "isolated" and _network_problem(self.settings) is not None:
+        if network == "isolated" and network_problem(self.settings) is not None:
             check_sandbox(self.settings)  # raises unless allowed
             network = "host"
         if network != "isolated":

@@ -184,7 +184,13 @@ def _list_labels(stub: GitHubStub, m: re.Match[str], query: dict[str, str], body
     return (200, pull["labels"]) if pull is not None else error_reply(404, "Not Found")
 
 
+def _rate_limit(stub: GitHubStub, m: re.Match[str], query: dict[str, str], body: JSON) -> Reply:
+    core = {"limit": 5000, "remaining": 4999, "reset": 4102444800, "used": 1, "resource": "core"}
+    return 200, {"resources": {"core": core}, "rate": core}
+
+
 ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
+    ("GET", re.compile(r"/rate_limit"), _rate_limit),
     ("GET", re.compile(_REPO), _get_repo),
     ("POST", re.compile(_REPO + r"/pulls"), _create_pull),
     ("GET", re.compile(_REPO + r"/pulls"), _list_pulls),
