@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from codeworker.coordination.keys import Keys, repo_id
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
 from tests.support.redis_server import free_port
 from tests.support.waiting import wait_until
@@ -156,6 +158,39 @@ def test_flower_lists_the_jobs_with_their_names_and_states(flower, client, git_s
     status, body = flower.get("/api/tasks?taskname=codeworker.error_fix&state=SUCCESS")
     assert status == 200, body
     assert invalid.id in json.loads(body)
+
+
+def test_flowers_terminate_shows_revoked_only_once_the_job_has_stopped(
+    flower, client, git_server, github_stub, broker_url, workspace_root
+):
+    """Flower's Terminate button (``POST /api/task/revoke/<id>?terminate=true``) on a job in a slow
+    test command: Flower lists it REVOKED only after its locks and worktree are gone, and nothing
+    was pushed."""
+    name, url = new_repo(git_server, {"app.py": "X = 1\n"})
+    job = scripted_job(
+        url,
+        name,
+        {"write": {"app.py": "X = 2\n"}},
+        test_command="touch .started && sleep 600",
+        target_files=["app.py"],
+    )
+    task = client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
+    wait_until(lambda: list(workspace_root.glob("worktrees/*/.started")), DEADLINE, "the test command")
+
+    revoke = f"{flower.url}/api/task/revoke/{task.id}?terminate=true"
+    request = urllib.request.Request(revoke, method="POST")  # noqa: S310
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        assert response.status == 200
+
+    def state() -> str:
+        status, body = flower.get(f"/api/task/info/{task.id}")
+        return json.loads(body)["state"] if status == 200 else ""
+
+    wait_until(lambda: state() == "REVOKED", DEADLINE, "flower to show the job REVOKED", POLL)
+    store = redis.Redis.from_url(broker_url)
+    assert list(store.scan_iter(match=Keys().lock(repo_id(url), "*"))) == []
+    assert not list(workspace_root.glob("worktrees/*/.started"))
+    assert git_server.ref_updates("acme", name) == [] and github_stub.pull_requests("acme", name) == []
 
 
 def test_flower_api_refuses_without_auth_or_the_unauthenticated_switch(broker_url):
