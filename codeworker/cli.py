@@ -245,10 +245,12 @@ def status(operation_id: str) -> None:
     settings = get_settings()
     client, keys = _store(settings)
     record = OperationClaims(client, keys, settings.claim_ttl, settings.result_expires).get(operation_id)
-    cancelled = Cancellations(client, keys, settings.result_expires).find(operation_id)
-    if record is None and cancelled is None:
+    found = Cancellations(client, keys, settings.result_expires).find(operation_id)
+    if record is None and found is None:
         raise click.ClickException(f"no record of operation {operation_id}")
-    _echo_json({**(record or {}), "cancellation": cancelled.model_dump() if cancelled else None})
+    # A revoke records its cancellation by task id; the result then carries it.
+    recorded = ((record or {}).get("result") or {}).get("cancellation")
+    _echo_json({**(record or {}), "cancellation": found.model_dump() if found else recorded})
 
 
 @main.command()

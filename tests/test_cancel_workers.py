@@ -127,36 +127,39 @@ def test_terminate_stops_the_agent_loop(fleet, celery_client, broker, git_server
     print(f"terminate in the agent loop: REVOKED {seconds:.2f} s after the request")
 
 
-@pytest.mark.parametrize("poll", ["3600"], ids=["watch-too-slow"])
-def test_codeworker_cancel_right_before_the_push(
-    worker_env, tmp_path, celery_client, broker, git_server, github_stub, poll
+@pytest.mark.parametrize("how", ["codeworker-cancel", "terminate"])
+def test_a_cancellation_right_before_the_push(
+    worker_env, tmp_path, celery_client, broker, git_server, github_stub, how
 ):
-    """With the cancellation watch too slow to see it, the check made with the push's checkpoint (one
-    Redis step) stops the job before anything leaves the machine."""
-    with Fleet({**worker_env, "CODEWORKER_CANCEL_POLL_INTERVAL": poll}, tmp_path / "machines") as fleet:
+    """With the cancellation watch made too slow to see it, the check made with the push's
+    checkpoint (one Redis step) stops the job before anything leaves the machine."""
+    env = {**worker_env, "CODEWORKER_CANCEL_POLL_INTERVAL": "3600"}
+    with Fleet(env, tmp_path / "machines") as fleet:
         fleet.start()
         job = GatedJob.create(git_server, broker)
         task = job.send(celery_client)
         parked = job.park(fleet)
         operation_id = job.job["operation_id"]
-        done = codeworker({"REDIS_URL": worker_env["REDIS_URL"]}, "cancel", operation_id, "--by", "alice")
-        assert done.stdout.startswith(f"cancellation of {operation_id} recorded; it stops within")
+        if how == "terminate":
+            celery_client.control.revoke(task.id, terminate=True, signal="SIGKILL", reply=True)
+            asked_by = "celery revoke (revoke (terminate, SIGKILL))"
+        else:
+            done = codeworker({"REDIS_URL": env["REDIS_URL"]}, "cancel", operation_id, "--by", "alice")
+            assert done.stdout.startswith(f"cancellation of {operation_id} recorded; it stops within")
+            asked_by = "alice (codeworker cancel)"
 
         released = time.monotonic()
         job.release(parked)
         seconds = revoked(task, released)
 
         result = stopped_cleanly(broker, job.url, job.name, operation_id, git_server, github_stub)
-        assert result["error"].startswith(
-            "cancelled by alice (codeworker cancel) during push; nothing was pushed"
-        )
-        again = codeworker({"REDIS_URL": worker_env["REDIS_URL"]}, "cancel", operation_id, check=False)
+        assert result["error"] == f"cancelled by {asked_by} during push; nothing was pushed"
+        again = codeworker({"REDIS_URL": env["REDIS_URL"]}, "cancel", operation_id, check=False)
         assert again.returncode == 1
-        assert (
-            again.stderr.strip()
-            == f"Error: operation {operation_id} already finished (cancelled); nothing to cancel"
+        assert again.stderr.strip() == (
+            f"Error: operation {operation_id} already finished (cancelled); nothing to cancel"
         )
-        print(f"cancel right before the push: REVOKED {seconds:.2f} s after the job went on")
+        print(f"{how} right before the push: REVOKED {seconds:.2f} s after the job went on")
 
 
 def test_revoked_queued_jobs_never_run_even_on_a_worker_started_later(
