@@ -47,6 +47,16 @@ class PullRequestRef:
         return cls(number=pull.number, url=pull.html_url, title=pull.title, draft=bool(pull.draft))
 
 
+@dataclass(frozen=True)
+class CheckRunReport:
+    """A completed check run: ``conclusion`` is GitHub's (success, neutral, failure...)."""
+
+    name: str
+    conclusion: str
+    title: str
+    summary: str
+
+
 class GitHubError(Exception):
     """A GitHub API call failed. The message has the HTTP status and GitHub's own explanation."""
 
@@ -146,6 +156,18 @@ class PullRequests:
             if labels:
                 pull.add_to_labels(*labels)
             return PullRequestRef.of(pull)
+
+    def check_run(self, owner: str, name: str, head_sha: str, check: CheckRunReport) -> None:
+        """Publish ``check`` as a completed check run on ``head_sha`` (GitHub Apps only: a personal
+        token gets 403, raised as GitHubError like any other failure)."""
+        with self._errors(f"creating check run {check.name} on {owner}/{name}@{head_sha[:12]}"):
+            self._repo(owner, name).create_check_run(
+                name=check.name,
+                head_sha=head_sha,
+                status="completed",
+                conclusion=check.conclusion,
+                output={"title": check.title, "summary": check.summary},
+            )
 
     # -- private -------------------------------------------------------------------------------
 

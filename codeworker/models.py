@@ -311,10 +311,26 @@ class TestRun(BaseModel):
 
 
 class Verification(BaseModel):
-    """The test runs before the executor changed anything and after it finished."""
+    """The worker's verdict on a change (:mod:`codeworker.verification`): its test runs before the
+    executor changed anything and after it finished, and the evidence the operation type's rule
+    looked at. Test ids are pytest node ids."""
 
+    verified: bool = False
+    reasons: list[str] = []
+    """Why it is not verified: one line per broken expectation or missing evidence."""
     before: TestRun | None = None
     after: TestRun | None = None
+    fixed: list[str] = []
+    """Tests that failed (or errored) at baseline and pass now."""
+    reproduced: list[str] = []
+    """New or changed tests that fail (or error, or do not exist) on the base code and pass now."""
+    pass_on_base: list[str] = []
+    """New or changed tests that pass on the base code too: they prove nothing about the change."""
+    regressions: list[str] = []
+    """Tests that passed at baseline and now fail, error, are skipped or are gone."""
+    flaky: list[str] = []
+    """Tests whose outcome differed between two runs of the same code: neither evidence nor
+    regression."""
 
 
 class Usage(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +46,17 @@ class Workspace(Protocol):
     def test_command(self) -> str | None:
         """The job's test command, else the repository's, else a detected one."""
 
+    def verify(self) -> Verification:
+        """Run the tests and judge the change so far by the job's rule against the baseline the
+        worker took before the executor started: feedback for an executor's own loop. The verdict
+        in the result is the worker's own run after the executor returned."""
+
+    def run_on_base(
+        self, command: str, revert: Callable[[str], bool], env: Mapping[str, str] | None = None
+    ) -> CommandResult:
+        """Run ``command`` in a scratch copy of the checkout in which every changed path for which
+        ``revert(path)`` holds is as the base commit has it (gone, if the change added it)."""
+
     def stop_if_cancelled(self) -> None:
         """Raise OperationCancelled once the operation was cancelled: an executor's loop asks between
         its steps (a command running when it happens is killed and raises it too)."""
@@ -61,12 +72,11 @@ class RetryLater(Exception):
 
 
 class Outcome(BaseModel):
-    """What an executor reports back; the pipeline decides what to push."""
+    """What an executor reports back. Whether the change is verified is not the executor's to say:
+    the worker verifies it after the executor returns (anything else given here is ignored)."""
 
     summary: str
     iterations: int = 1
-    verified: bool = True
-    verification: Verification = Verification()
     usage: Usage = Usage()
 
 

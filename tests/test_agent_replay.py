@@ -48,7 +48,7 @@ def test_the_trajectory_holds_no_secret_and_replays_to_the_same_outcome(session,
     assert "authorization" not in text.lower() and "x-api-key" not in text.lower()
     kinds = [e["kind"] for e in read_trajectory(path)]
     assert kinds[0] == "job" and kinds[-1] == "outcome"
-    assert {"request", "response", "tool", "verification", "baseline"} <= set(kinds)
+    assert {"request", "response", "tool", "verification"} <= set(kinds)
 
     # The same job on a fresh copy of the repository, its model answers served from the file.
     replay_session = make_session(session.pipe, session.stub, session.git, tmp_path / "replay")

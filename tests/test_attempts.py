@@ -145,6 +145,9 @@ class DiesOpeningThePullRequest:
     """The GitHub client of a worker that is killed right after its push (SIGKILL cannot be
     caught; ending the run with SystemExit leaves the same claim, record and remote behind)."""
 
+    def check_run(self, *args: object, **kwargs: object) -> None:
+        """The verdict's check run is published; the worker dies opening the pull request."""
+
     def open(self, *args: object, **kwargs: object) -> None:
         raise SystemExit("killed between the push and the pull request")
 

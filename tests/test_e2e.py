@@ -200,9 +200,9 @@ def test_two_jobs_on_one_file_never_both_modify_it(client, broker_url, git_serve
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     first = scripted_job(
-        url, name, {"gate": str(gate), "write": {"app.py": "first = 1\n"}}, target_files=["app.py"]
+        url, name, {"gate": str(gate), "write": {"app.py": APP_PY + "first = 1\n"}}, target_files=["app.py"]
     )
-    second = scripted_job(url, name, {"write": {"app.py": "second = 2\n"}}, target_files=["app.py"])
+    second = scripted_job(url, name, {"write": {"app.py": APP_PY + "second = 2\n"}}, target_files=["app.py"])
 
     pending = client.send_task("codeworker.refactor", args=[first], queue=QUEUE)
     locks = redis.Redis.from_url(broker_url, decode_responses=True)
@@ -216,7 +216,7 @@ def test_two_jobs_on_one_file_never_both_modify_it(client, broker_url, git_serve
     assert blocked["success"] is False and blocked["status"] == "failed"
     assert first["operation_id"] in blocked["error"] and "app.py" in blocked["error"]
     assert done["success"] is True, done["error"]
-    assert git_server.read_file("acme", name, done["branch"], "app.py") == "first = 1\n"
+    assert git_server.read_file("acme", name, done["branch"], "app.py") == APP_PY + "first = 1\n"
     assert blocked["branch"] not in git_server.branches("acme", name)
     assert not locks.exists(lock_key)
 

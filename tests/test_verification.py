@@ -15,14 +15,15 @@ from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks
 from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
-from codeworker.models import Job, TestRun, parse_job
+from codeworker.models import Job, TestRun, Verification, parse_job
 from codeworker.sandbox.checkout import Checkout
 from codeworker.verification.junit import parse_junit
-from codeworker.verification.verifier import Verdict, Verifier
+from codeworker.verification.verifier import Verifier, feedback
 from tests.conftest import GITHUB_TOKEN
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b  # bug\n"
 CALC_FIXED = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+ADD_ONLY_TESTS = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
 TESTS = (
     "from calc import add, sub\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
     "def test_sub():\n    assert sub(5, 3) == 2\n"
@@ -69,11 +70,11 @@ def _write(box: Checkout, files: dict[str, str]) -> None:
         target.write_text(content)
 
 
-def _verify(job: Job, box: Checkout, change: dict[str, str]) -> Verdict:
+def _verify(job: Job, box: Checkout, change: dict[str, str]) -> Verification:
     verifier = Verifier(job, box)
-    before = verifier.baseline()
+    verifier.baseline()
     _write(box, change)
-    return verifier.verify(before)
+    return verifier.verify()
 
 
 # -- per-test results ---------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def test_error_fix_passes_when_the_named_test_is_fixed(open_job: Open) -> None:
     job, box = open_job("error_fix", error_context=ERROR)
     verdict = _verify(job, box, {"calc.py": CALC_FIXED})
 
-    assert verdict.ok, verdict.reasons
+    assert verdict.verified, verdict.reasons
     assert verdict.before is not None and verdict.after is not None
     assert verdict.after.tests["tests/test_calc.py::test_sub"] == "passed"
 
@@ -134,11 +135,11 @@ def test_error_fix_fails_while_the_named_test_still_fails(open_job: Open) -> Non
     job, box = open_job("error_fix", error_context=ERROR)
     verdict = _verify(job, box, {"calc.py": CALC + "\n# touched\n"})
 
-    assert not verdict.ok
+    assert not verdict.verified
     assert verdict.reasons == ["tests/test_calc.py::test_sub still fails"]
-    feedback = verdict.feedback(limit=2_000)
-    assert feedback.startswith("Verification failed:\n- tests/test_calc.py::test_sub still fails")
-    assert "assert 8 == 2" in feedback and len(feedback) <= 2_000 + 100
+    text = feedback(verdict, limit=2_000)
+    assert text.startswith("Verification failed:\n- tests/test_calc.py::test_sub still fails")
+    assert "assert 8 == 2" in text and len(text) <= 2_000 + 100
 
 
 def test_error_fix_fails_when_it_breaks_a_passing_test(open_job: Open) -> None:
@@ -146,7 +147,7 @@ def test_error_fix_fails_when_it_breaks_a_passing_test(open_job: Open) -> None:
     broken = CALC_FIXED.replace("return a + b", "return a * b")
     verdict = _verify(job, box, {"calc.py": broken})
 
-    assert not verdict.ok
+    assert not verdict.verified
     assert verdict.reasons == ["tests/test_calc.py::test_add passed before and now fails"]
 
 
@@ -156,7 +157,7 @@ def test_error_fix_only_requires_the_tests_the_error_names(open_job: Open) -> No
     job, box = open_job("error_fix", files, error_context={"error_message": "test_sub fails"})
     verdict = _verify(job, box, {"calc.py": CALC_FIXED})
 
-    assert verdict.ok, verdict.reasons  # test_unrelated failed before and was not the job
+    assert verdict.verified, verdict.reasons  # test_unrelated failed before and was not the job
 
 
 def test_error_fix_without_a_match_requires_every_baseline_failure_fixed(open_job: Open) -> None:
@@ -176,6 +177,44 @@ def test_deleting_the_failing_test_is_not_a_fix(open_job: Open) -> None:
     assert verdict.reasons == ["tests/test_calc.py::test_sub still does not run"]
 
 
+REPRO = "from calc import sub\n\n\ndef test_sub_small():\n    assert sub(1, 1) == 0\n"
+PASSING_PROJECT = {**PROJECT, "tests/test_calc.py": ADD_ONLY_TESTS}
+NO_REPRO = (
+    "no test reproduces the reported error: no test failed before the fix, and no new or changed "
+    "test fails on the base code and passes with it"
+)
+
+
+def test_error_fix_with_a_reproduction_test_when_no_test_failed(open_job: Open) -> None:
+    job, box = open_job("error_fix", PASSING_PROJECT, error_context=ERROR)
+    verdict = _verify(job, box, {"calc.py": CALC_FIXED, "tests/test_repro.py": REPRO})
+    assert verdict.verified, verdict.reasons
+    assert verdict.reproduced == ["tests/test_repro.py::test_sub_small"]
+
+
+def test_error_fix_without_a_reproduction_test_is_not_verified(open_job: Open) -> None:
+    job, box = open_job("error_fix", PASSING_PROJECT, error_context=ERROR)
+    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    assert verdict.reasons == [NO_REPRO]
+
+
+FLAKY = (
+    "import pathlib\n\n\ndef test_flaky():\n"
+    "    marker = pathlib.Path(__file__).parent / '.state' / 'seen'\n"
+    "    if marker.exists():\n        marker.unlink()\n        return\n"
+    "    marker.parent.mkdir(exist_ok=True)\n    marker.write_text('x')\n    assert False\n"
+)
+"""Fails, then passes, then fails...: its outcome flips on the same code."""
+
+
+def test_a_flaky_test_at_baseline_is_reported_and_is_no_evidence(open_job: Open) -> None:
+    files = {**PASSING_PROJECT, "tests/test_flaky.py": FLAKY, ".gitignore": ".state/\n"}
+    job, box = open_job("error_fix", files, error_context=ERROR)
+    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    assert verdict.flaky == ["tests/test_flaky.py::test_flaky"]
+    assert verdict.reasons == [NO_REPRO]  # the flaky failure is not the error to fix
+
+
 # -- feature_implementation ---------------------------------------------------------------------
 
 MUL = CALC_FIXED + "\n\ndef mul(a, b):\n    return a * b\n"
@@ -183,22 +222,51 @@ MUL_TEST = "from calc import mul\n\n\ndef test_mul():\n    assert mul(2, 3) == 6
 FIXED_PROJECT = {**PROJECT, "calc.py": CALC_FIXED}
 
 
-def test_feature_with_new_passing_tests(open_job: Open) -> None:
+NO_FEATURE_EVIDENCE = (
+    "no test shows the feature: none failed before the change and passes with it, and no new or "
+    "changed test fails on the base code and passes with the change"
+)
+
+
+def test_feature_with_a_new_test_that_fails_on_the_base_code(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
     verdict = _verify(job, box, {"calc.py": MUL, "tests/test_mul.py": MUL_TEST})
-    assert verdict.ok, verdict.reasons
+    assert verdict.verified, verdict.reasons
+    assert verdict.reproduced == ["tests/test_mul.py::test_mul"] and verdict.fixed == []
+    assert box.changed_files() == ["calc.py", "tests/test_mul.py"]  # the base copy left no trace
+    assert list(box.scratch.iterdir()) == []
+
+
+def test_feature_whose_acceptance_tests_existed_and_now_pass(open_job: Open) -> None:
+    """The "I wrote the failing tests, please implement" workflow: no new test is needed."""
+    job, box = open_job("feature_implementation", {**FIXED_PROJECT, "tests/test_mul.py": MUL_TEST})
+    verdict = _verify(job, box, {"calc.py": MUL})
+    assert verdict.verified, verdict.reasons
+    # At baseline the module failed to import: pytest reports the file, not its tests.
+    assert verdict.fixed == ["tests/test_mul.py"] and verdict.reproduced == []
+
+
+def test_feature_whose_new_test_passes_on_the_base_code_proves_nothing(open_job: Open) -> None:
+    add_again = "from calc import add\n\n\ndef test_add_again():\n    assert add(1, 1) == 2\n"
+    job, box = open_job("feature_implementation", FIXED_PROJECT)
+    verdict = _verify(job, box, {"calc.py": MUL, "tests/test_more.py": add_again})
+    assert verdict.reasons == [
+        NO_FEATURE_EVIDENCE,
+        "tests/test_more.py::test_add_again passes on the base code too, so it does not exercise the change",
+    ]
+    assert verdict.pass_on_base == ["tests/test_more.py::test_add_again"]
 
 
 def test_feature_without_tests_is_not_verified(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
     verdict = _verify(job, box, {"calc.py": MUL})
-    assert verdict.reasons == ["no new or changed test covers the feature"]
+    assert verdict.reasons == [NO_FEATURE_EVIDENCE]
 
 
 def test_feature_whose_new_test_fails(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
     verdict = _verify(job, box, {"calc.py": MUL.replace("a * b", "a ** b"), "tests/test_mul.py": MUL_TEST})
-    assert verdict.reasons == ["tests/test_mul.py::test_mul fails"]
+    assert verdict.reasons == [NO_FEATURE_EVIDENCE, "tests/test_mul.py::test_mul fails"]
 
 
 def test_a_new_test_file_that_cannot_be_imported(open_job: Open) -> None:
@@ -206,9 +274,9 @@ def test_a_new_test_file_that_cannot_be_imported(open_job: Open) -> None:
     verdict = _verify(job, box, {"tests/test_mul.py": MUL_TEST})  # calc has no mul yet
 
     # pytest stops at a collection error, so nothing else runs either.
-    assert verdict.reasons[0] == "tests/test_mul.py errors"
+    assert verdict.reasons[:2] == [NO_FEATURE_EVIDENCE, "tests/test_mul.py errors"]
     assert "tests/test_calc.py::test_add passed before and no longer runs" in verdict.reasons
-    assert "ImportError" in verdict.feedback()
+    assert "ImportError" in feedback(verdict)
 
 
 # -- refactor -----------------------------------------------------------------------------------
@@ -218,7 +286,7 @@ def test_refactor_with_identical_outcomes(open_job: Open) -> None:
     job, box = open_job("refactor")  # test_sub fails before and after: still "identical"
     renamed = CALC.replace("def add(a, b):\n    return a + b", "def add(x, y):\n    return x + y")
     verdict = _verify(job, box, {"calc.py": renamed})
-    assert verdict.ok, verdict.reasons
+    assert verdict.verified, verdict.reasons
 
 
 def test_refactor_that_changes_an_outcome(open_job: Open) -> None:
@@ -244,7 +312,7 @@ def test_test_job_that_raises_coverage(open_job: Open) -> None:
     job, box = open_job("test", TEST_PROJECT, target_files=["calc.py"])
     verdict = _verify(job, box, {"tests/test_sub.py": SUB_TEST})
 
-    assert verdict.ok, verdict.reasons
+    assert verdict.verified, verdict.reasons
     assert verdict.before is not None and verdict.after is not None
     assert verdict.before.coverage == pytest.approx(75.0)
     assert verdict.after.coverage == pytest.approx(100.0)
@@ -280,13 +348,13 @@ def test_a_non_pytest_command_is_judged_by_exit_status(open_job: Open) -> None:
     before = verifier.baseline()
     assert before is not None and before.tests == {} and not before.passed
 
-    still = verifier.verify(before)
+    still = verifier.verify()
     _write(box, {"calc.py": CALC_FIXED})
-    fixed = verifier.verify(before)
+    fixed = verifier.verify()
 
     assert still.reasons == [f"`{CHECK}` failed (exit 1)"]
-    assert "AssertionError" in still.feedback()
-    assert fixed.ok, fixed.reasons
+    assert "AssertionError" in feedback(still)
+    assert fixed.verified, fixed.reasons
 
 
 def test_no_test_command_cannot_verify(open_job: Open) -> None:

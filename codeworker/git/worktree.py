@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,16 @@ from codeworker.git.remote import clean_url, remote_tip
 if TYPE_CHECKING:
     from codeworker.git.mirrors import Mirrors
 
-__all__ = ["Worktree"]
+__all__ = ["BaseFile", "Worktree"]
+
+
+@dataclass(frozen=True)
+class BaseFile:
+    """One file as the base commit holds it."""
+
+    data: bytes
+    symlink: bool = False
+    """``data`` is the target of a symbolic link."""
 
 
 class Worktree:
@@ -107,6 +117,24 @@ class Worktree:
             if lines:
                 added[patch.delta.new_file.path] = lines
         return added
+
+    def base_contents(self, paths: list[str]) -> dict[str, BaseFile | None]:
+        """Each of ``paths`` as the commit the change is made on holds it (None: no such file)."""
+        tree = self.repository().head.peel(pygit2.Commit).tree
+        contents: dict[str, BaseFile | None] = {}
+        for path in paths:
+            try:
+                entry = tree[path]
+            except KeyError:
+                contents[path] = None
+                continue
+            blob = entry.peel(pygit2.Blob) if entry.type_str == "blob" else None
+            contents[path] = (
+                BaseFile(blob.data, entry.filemode == pygit2.enums.FileMode.LINK)
+                if blob is not None
+                else None
+            )
+        return contents
 
     def change_size(self) -> int:
         """Bytes of the uncommitted change as ``git diff -U0`` prints it: every added and removed

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from codeworker.executors.base import Outcome
+from codeworker.models import Verification
 from codeworker.secrets.findings import SecretFinding
 
 
@@ -18,6 +19,8 @@ class Pushed(BaseModel):
     files: list[str]
     """Files the change modified (and locked)."""
     outcome: Outcome
-    """The executor's report: summary, verification, usage."""
+    """The executor's report: summary, iterations, usage."""
+    verification: Verification = Verification()
+    """The worker's verdict on the change."""
     findings: list[SecretFinding] = []
     """The secret scan's non-blocking findings."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from codeworker.executors.base import Outcome
-from codeworker.models import Job, TestRun
+from codeworker.models import Job, TestRun, Verification
 from codeworker.secrets.findings import SecretFinding
 
 TITLE_LENGTH = 72
@@ -30,7 +30,46 @@ def _test_line(label: str, run: TestRun | None) -> str:
     return f"| {label} | `{run.command}` | {state} |"
 
 
-def pr_body(job: Job, outcome: Outcome, files: list[str], findings: list[SecretFinding]) -> str:
+EVIDENCE_ROWS = (
+    ("fixed", "failed before, pass now"),
+    ("reproduced", "new or changed, fail on the base code, pass now"),
+    ("pass_on_base", "new or changed, pass on the base code too (prove nothing)"),
+    ("regressions", "passed before, not now"),
+    ("flaky", "flipped on the same code (neither evidence nor regression)"),
+)
+"""The evidence lists of a :class:`Verification`, as the pull request's table names them."""
+
+TESTS_SHOWN = 10
+"""Test ids one row of the evidence table lists before it says how many more."""
+
+
+def evidence_table(verification: Verification) -> list[str]:
+    """The verdict and its evidence as Markdown: the runs, then one row per kind of evidence."""
+    lines = [
+        "| | command | result |",
+        "|---|---|---|",
+        _test_line("before", verification.before),
+        _test_line("after", verification.after),
+        "",
+    ]
+    rows = [
+        (label, getattr(verification, name)) for name, label in EVIDENCE_ROWS if getattr(verification, name)
+    ]
+    if rows:
+        lines += ["| evidence | tests |", "|---|---|"]
+        for label, tests in rows:
+            shown = ", ".join(f"`{test}`" for test in tests[:TESTS_SHOWN])
+            more = f" and {len(tests) - TESTS_SHOWN} more" if len(tests) > TESTS_SHOWN else ""
+            lines.append(f"| {label} | {shown}{more} |")
+        lines.append("")
+    if verification.reasons:
+        lines += ["Not verified:", *[f"- {reason}" for reason in verification.reasons], ""]
+    return lines
+
+
+def pr_body(
+    job: Job, outcome: Outcome, verification: Verification, files: list[str], findings: list[SecretFinding]
+) -> str:
     usage = outcome.usage
     lines = [
         f"**{job.operation_type.replace('_', ' ').capitalize()}** requested: "
@@ -43,12 +82,8 @@ def pr_body(job: Job, outcome: Outcome, files: list[str], findings: list[SecretF
         *[f"- `{path}`" for path in files],
         "",
         "### Verification",
-        "| | command | result |",
-        "|---|---|---|",
-        _test_line("before", outcome.verification.before),
-        _test_line("after", outcome.verification.after),
-        "",
-        f"Verified: **{'yes' if outcome.verified else 'no, opened as a draft'}** "
+        *evidence_table(verification),
+        f"Verified: **{'yes' if verification.verified else 'no, opened as a draft'}** "
         f"after {outcome.iterations} iteration(s).",
         "",
         "### Usage",

@@ -125,6 +125,8 @@ class OperationRun:
         self._worktree: Worktree | None = None
         self._checkout: Checkout | None = None
         self.outcome: Outcome | None = None
+        self.verification = Verification()
+        """The worker's verdict (the verify stage's), once the executor returned."""
         self.files: list[str] = []
         self.findings: list[SecretFinding] = []
         self.commits: list[str] = []
@@ -289,9 +291,13 @@ class OperationRun:
 
     def result(self, status: Status, pr: PullRequestInfo | None = None, error: str | None = None) -> Result:
         outcome = self.outcome
-        verified = outcome is not None and outcome.verified
-        if error is None and not verified and status not in (Status.FAILED, Status.INVALID, Status.CANCELLED):
-            error = "verification failed: the change did not keep the tests as they were"
+        verification = self.verification
+        if (
+            error is None
+            and not verification.verified
+            and status not in (Status.FAILED, Status.INVALID, Status.CANCELLED)
+        ):
+            error = "not verified: " + "; ".join(verification.reasons or ["the change was not verified"])
         return Result(
             success=error is None,
             operation_id=self.job.operation_id,
@@ -303,7 +309,7 @@ class OperationRun:
             iterations=outcome.iterations if outcome else 0,
             duration=round(time.monotonic() - self.started, 3),
             error=logs.scrub(error) if error else None,
-            verification=outcome.verification if outcome else Verification(),
+            verification=verification,
             usage=outcome.usage if outcome else Usage(),
             secret_findings=self.findings,
             summary=outcome.summary if outcome else "",

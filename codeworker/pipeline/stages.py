@@ -1,7 +1,7 @@
 """The stages of one job, in order. Each takes the run, does one thing, and puts what it acquires
 on the run's undo stack at the moment it acquires it.
 
-    checkout -> register -> lock -> setup -> execute -> scan -> commit -> push
+    checkout -> register -> lock -> setup -> baseline -> execute -> verify -> scan -> commit -> push
     -> pull_request (approval required) or merge
 
 or, when an earlier attempt of the operation pushed and died before its pull request:
@@ -16,20 +16,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from codeworker.coordination.attempts import ClaimLost
 from codeworker.coordination.registry import BranchRecord, BranchStatus
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
-from codeworker.github import GitHubError
+from codeworker.github import CheckRunReport, GitHubError
 from codeworker.models import PullRequestInfo, Result, Status
 from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import ChangeTooLarge, StageFailed
-from codeworker.pipeline.report import commit_message, pr_body, pr_title
+from codeworker.pipeline.report import commit_message, evidence_table, pr_body, pr_title
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.repo_config import RepoConfigError
 from codeworker.sandbox.setup_cache import SetupFailed
 from codeworker.secrets.findings import blocking
+from codeworker.verification.verifier import Verifier
 from codeworker.worker import metrics
 
 if TYPE_CHECKING:
@@ -100,6 +102,14 @@ def setup(run: OperationRun) -> None:
         raise StageFailed(Status.FAILED, str(exc)) from None
 
 
+def baseline(run: OperationRun) -> None:
+    """The tests before the executor changes anything, taken by the worker; the executor's
+    workspace can then verify against it (:meth:`Checkout.verify`)."""
+    verifier = Verifier(run.job, run.checkout)
+    verifier.baseline()
+    run.checkout.verifier = verifier
+
+
 def execute(run: OperationRun) -> None:
     """The executor's change, refused if it is empty, too large or links out of the repository;
     whatever it changed is locked, so nothing is committed that this operation does not hold."""
@@ -119,6 +129,13 @@ def execute(run: OperationRun) -> None:
     run.p.registry.update(
         run.repo, run.branch, attempt=run.attempt, files=run.files, fencing_token=run.locks.fencing_token
     )
+
+
+def verify(run: OperationRun) -> None:
+    """The worker's verdict on the change, whatever the executor said: the only one the result, the
+    pull request, the check run and the metrics report."""
+    run.verification = run.checkout.verify()
+    metrics.verification(run.job.operation_type, run.verification.verified)
 
 
 def scan(run: OperationRun) -> None:
@@ -147,7 +164,13 @@ def push(run: OperationRun) -> None:
     the push if the remote has it (:func:`resumable`) and ignores it otherwise."""
     assert run.outcome is not None
     commits = run.worktree.commits()
-    pushed = Pushed(commits=commits, files=run.files, outcome=run.outcome, findings=run.findings)
+    pushed = Pushed(
+        commits=commits,
+        files=run.files,
+        outcome=run.outcome,
+        verification=run.verification,
+        findings=run.findings,
+    )
     _check_leases(run, "pushing", pushed)
     try:
         run.worktree.push()
@@ -195,8 +218,9 @@ def resume(run: OperationRun) -> None:
         run.p.registry.register(record, attempt=run.attempt)
         run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
     run.undo.push(run.settle_branch)
-    run.outcome, run.files, run.findings, run.commits = (
+    run.outcome, run.verification, run.files, run.findings, run.commits = (
         pushed.outcome,
+        pushed.verification,
         pushed.files,
         pushed.findings,
         pushed.commits,
@@ -207,7 +231,9 @@ AFTER_CHECKOUT: tuple[Callable[[OperationRun], None], ...] = (
     register,
     lock,
     setup,
+    baseline,
     execute,
+    verify,
     scan,
     commit,
     push,
@@ -216,12 +242,43 @@ AFTER_CHECKOUT: tuple[Callable[[OperationRun], None], ...] = (
 attempt's push); then :func:`pull_request` or :func:`merge` delivers it."""
 
 
+CHECK_RUN = "codeworker/verification"
+"""The check run a pushed head commit gets, so branch protection can require verified changes."""
+
+
+def publish_check(run: OperationRun) -> None:
+    """The verdict as a check run on the pushed head: success, or neutral with the reasons. A
+    refusal (a token that is no GitHub App's gets 403) is logged, once per process for a 403,
+    and the job goes on: the pull request's body holds the same report."""
+    verification, job = run.verification, run.job
+    reasons = "; ".join(verification.reasons)
+    check = CheckRunReport(
+        name=CHECK_RUN,
+        conclusion="success" if verification.verified else "neutral",
+        title="verified" if verification.verified else f"not verified: {reasons}"[:200],
+        summary="\n".join(evidence_table(verification)),
+    )
+    try:
+        run.p.pulls.check_run(job.repository.owner, job.repository.name, run.commits[-1], check)
+    except GitHubError as exc:
+        if exc.status == 403:
+            _check_runs_refused(str(exc))
+        else:
+            log.warning("check run not published: %s", exc)
+
+
+@lru_cache(maxsize=1)
+def _check_runs_refused(error: str) -> None:
+    log.warning("check runs are refused (a GitHub App token is needed); not publishing them: %s", error)
+
+
 def pull_request(run: OperationRun) -> Result:
     """A pull request for review (a draft when unverified), unless the claim was lost or the
     operation cancelled since the push; the branch stays pushed if it fails."""
     assert run.outcome is not None
     job = run.job
     _check_leases(run, "opening the pull request")
+    publish_check(run)
     try:
         pr = run.p.pulls.open(
             job.repository.owner,
@@ -229,8 +286,8 @@ def pull_request(run: OperationRun) -> Result:
             head=run.branch,
             base=job.repository.branch,
             title=pr_title(job),
-            body=pr_body(job, run.outcome, run.files, run.findings),
-            draft=not run.outcome.verified,
+            body=pr_body(job, run.outcome, run.verification, run.files, run.findings),
+            draft=not run.verification.verified,
             labels=run.p.settings.pr_labels,
         )
     except GitHubError as exc:
@@ -245,6 +302,7 @@ def pull_request(run: OperationRun) -> Result:
 
 def merge(run: OperationRun) -> Result:
     """The branch merged into the freshly fetched base (no approval asked); a conflict keeps it."""
+    publish_check(run)
     run.p.registry.transition(run.repo, run.branch, BranchStatus.MERGING, attempt=run.attempt)
     settings = run.p.settings
     message = f"Merge {run.branch} into {run.job.repository.branch}"

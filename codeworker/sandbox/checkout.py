@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from codeworker.config import Settings
 from codeworker.coordination.cancellations import CancelSignal
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.locks import FileLocks
-from codeworker.git.worktree import Worktree
+from codeworker.git.worktree import BaseFile, Worktree
+from codeworker.models import Verification
 from codeworker.names import relative_path, shown
 from codeworker.sandbox.bubblewrap import GitView, Sandbox
 from codeworker.sandbox.commands import CommandResult
 from codeworker.sandbox.repo_config import load_repo_config, setup_plan, test_command_for
 from codeworker.sandbox.setup_cache import CacheMount, SetupCache, SetupFailed
+
+if TYPE_CHECKING:
+    from codeworker.verification.verifier import Verifier
 
 __all__ = ["Checkout", "PathEscape", "UnusablePath"]
 
@@ -50,6 +56,24 @@ def git_admin_dir(checkout: Path) -> Path | None:
     return admin if admin.is_dir() else None
 
 
+def _restore(copy: Path, path: str, content: BaseFile | None) -> None:
+    """Put ``path`` in ``copy`` as the base commit has it, never through a link the change made."""
+    target = copy / path
+    if not target.parent.resolve().is_relative_to(copy.resolve()):
+        raise PathEscape(f"{shown(path)} lies under a link out of the checkout")
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+    if content is None:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if content.symlink:
+        target.symlink_to(os.fsdecode(content.data))
+    else:
+        target.write_bytes(content.data)
+
+
 def _kind(mode: int) -> str | None:
     """What a non-regular, non-directory file is, for an error message; None for a regular file."""
     kinds = {stat.S_ISFIFO: "FIFO", stat.S_ISSOCK: "socket", stat.S_ISCHR: "device", stat.S_ISBLK: "device"}
@@ -74,6 +98,8 @@ class Checkout:
         """``cancel``: the job's cancellation, which kills a running command and stops the next."""
         self._worktree = worktree
         self._cancel = cancel
+        self.verifier: Verifier | None = None
+        """Set by the worker once it took the baseline; :meth:`verify` asks it."""
         self._locks = locks
         self._settings = settings
         self._requested_test_command = requested_test_command
@@ -179,6 +205,34 @@ class Checkout:
     def stop_if_cancelled(self) -> None:
         if self._cancel is not None:
             self._cancel.raise_if_set()
+
+    def verify(self) -> Verification:
+        if self.verifier is None:
+            raise RuntimeError("the worker verifies a change only after it took the baseline")
+        return self.verifier.verify()
+
+    def run_on_base(
+        self, command: str, revert: Callable[[str], bool], env: Mapping[str, str] | None = None
+    ) -> CommandResult:
+        """A copy of the checkout (without ``.git``), with the reverted paths written from the base
+        commit, run in a sandbox of its own with the same setup result, then removed."""
+        self.stop_if_cancelled()
+        base = self._worktree.base_contents([path for path in self.changed_files() if revert(path)])
+        copy = Path(tempfile.mkdtemp(prefix="cw-base-"))
+        try:
+            shutil.copytree(
+                self.root, copy, symlinks=True, ignore=shutil.ignore_patterns(".git"), dirs_exist_ok=True
+            )
+            for path, content in base.items():
+                _restore(copy, path, content)
+            roots = [self.root.parent.parent, self._settings.workspace_root]
+            sandbox = Sandbox.for_checkout(self._settings, copy, roots, None, self._scratch, self._cancel)
+            result = sandbox.with_cache(self._sandbox.cache).run(command, None, env)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+            self._clear_scratch()
+        self.stop_if_cancelled()
+        return result
 
     def setup(self) -> CommandResult | None:
         """Run the repository's setup once, with network (``setup_network``), before the model

@@ -15,6 +15,7 @@ MAX_FAILURES = 30
 """Failing tests whose text a TestRun keeps."""
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+NOT_PASSING = (FAILED, ERROR)
 
 
 def parse_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:

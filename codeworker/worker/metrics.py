@@ -108,6 +108,11 @@ AGENT_ITERATIONS = Histogram(
     ["operation_type"],
     buckets=ITERATION_BUCKETS,
 )
+VERIFICATIONS = Counter(
+    "codeworker_verifications",
+    "The worker's verdicts on changes, verified or not.",
+    ["operation_type", "verified"],
+)
 PUSH_FAILURES = Counter(
     "codeworker_push_failures", "Pushes the remote refused or that failed.", ["operation_type"]
 )
@@ -284,6 +289,10 @@ def model_usage(model: str, usage: _Usage) -> None:
 
 def agent_iterations(operation_type: str, iterations: int) -> None:
     AGENT_ITERATIONS.labels(operation_type).observe(iterations)
+
+
+def verification(operation_type: str, verified: bool) -> None:
+    VERIFICATIONS.labels(operation_type, str(verified).lower()).inc()
 
 
 def push_failed(operation_type: str) -> None:

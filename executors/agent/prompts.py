@@ -30,10 +30,16 @@ fails you get the failure and another chance.
 
 OPERATION_RULES = for_every_type(
     {
-        OperationType.ERROR_FIX: "- Find the root cause of the reported error and fix it; the failing "
-        "behaviour must be gone and every test that passed before must still pass.",
-        OperationType.FEATURE_IMPLEMENTATION: "- Implement the feature completely, with tests for its "
-        "acceptance criteria following the test strategy; existing tests must keep passing.",
+        OperationType.ERROR_FIX: "- Find the root cause of the reported error and fix it. The worker "
+        "counts the fix as proven only if a test that fails now passes afterwards: the failing tests "
+        "the error is about, or, when no test fails now, a test you write first that reproduces the "
+        "error (it must fail on the code as it is and pass with your fix). Every test that passes now "
+        "must still pass.",
+        OperationType.FEATURE_IMPLEMENTATION: "- Implement the feature completely. The worker counts it "
+        "as proven only if some test fails without your change and passes with it: acceptance tests "
+        "that fail now, or new tests for the acceptance criteria that exercise the new code (a new "
+        "test that would also pass on the code before your change proves nothing). Every new test "
+        "must pass, and existing tests must keep passing.",
         OperationType.REFACTOR: "- Behaviour must not change: the test outcome must stay exactly as it "
         "was. The diff must not be empty.",
         OperationType.TEST: "- Write new tests (new or changed test files) that pass and raise the line "

@@ -1,7 +1,8 @@
 """A test-only executor plugin: applies the change a test writes into the job's description.
 
 The description is JSON: ``{"write": {path: content}, "delete": [path], "gate": fifo,
-"redis_gate": name, "verified": bool, "lock": [path]}``. Both gates hold the job mid-run (after
+"redis_gate": name, "lock": [path], "claim_verified": bool}``. ``claim_verified`` is what a
+plugin that certifies its own work would say; the worker ignores it. Both gates hold the job mid-run (after
 checkout and locking, before it writes) until the test lets it go, without sleeping:
 
 - ``gate`` names a FIFO the executor reads to its end: it blocks until the test opens it for
@@ -23,7 +24,7 @@ from pathlib import Path
 import redis
 
 from codeworker.executors.base import Outcome, Workspace
-from codeworker.models import Job, TestRun, Verification
+from codeworker.models import Job
 
 REDIS_GATE_WAIT = 600
 """Seconds an attempt waits at a Redis gate: a test that failed before releasing it must not leave a
@@ -66,16 +67,8 @@ class ScriptedExecutor:
         for path in script.get("delete", []):
             workspace.lock(path)
             workspace.resolve(path).unlink()
-        command = workspace.test_command()
-        after = None
-        if command:
-            run = workspace.run(command)
-            after = TestRun(
-                command=command, exit_code=run.exit_code, passed=run.ok, output_tail=run.output[-500:]
-            )
         return Outcome(
             summary=f"scripted change to {len(workspace.changed_files())} file(s)",
             iterations=1,
-            verified=script.get("verified", True),
-            verification=Verification(before=None, after=after),
+            verified=script.get("claim_verified", True),  # type: ignore[call-arg]
         )

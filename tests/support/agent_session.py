@@ -20,13 +20,11 @@ from pydantic import SecretStr
 
 from codeworker.config import Settings
 from codeworker.executors.agent import AgentExecutor
-from codeworker.executors.base import Workspace
 from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job, parse_job
 from codeworker.pipeline.run import OperationRun
 from codeworker.pipeline.service import Pipeline
 from codeworker.replay import RecordedRequest
-from codeworker.verification.verifier import Verifier as WorkerVerifier
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import anthropic_stub as s
 
@@ -51,7 +49,7 @@ class Session:
     git: GitServer
     name: str
     url: str
-    root: Path | None = None
+    current: OperationRun | None = None
 
     def job(self, **extra: Any) -> Job:
         raw = {
@@ -75,17 +73,20 @@ class Session:
             max_iterations_cap=10,
         )
 
-    def verifier(self, job: Job, workspace: Workspace) -> Any:
-        self.root = workspace.root
-        return WorkerVerifier(job, workspace)
-
     def executor(self, **overrides: Any) -> AgentExecutor:
-        return AgentExecutor(self.settings.model_copy(update=overrides), verifier=self.verifier)
+        return AgentExecutor(self.settings.model_copy(update=overrides))
 
     def run(self, job: Job, **overrides: Any) -> dict:
         claim = self.pipe.claims.claim(job.operation_id)
         run = OperationRun(self.pipe, job, self.executor(**overrides), claim.owner, None, time.monotonic())
+        self.current = run
         return run.execute()
+
+    @property
+    def root(self) -> Path:
+        """The running job's checkout."""
+        assert self.current is not None
+        return self.current.worktree.path
 
     def trajectory(self, job: Job) -> Path:
         return self.settings.trajectory_dir / f"{job.operation_id}.jsonl"
@@ -135,7 +136,6 @@ def fix_script(session: Session, seen: list[tuple[str, str]]) -> list[Any]:
         def step(request: RecordedRequest) -> s.Step:
             # Runs while the executor waits for the reply: the checkout is as the tool left it.
             (result,) = tool_results(request.body)
-            assert session.root is not None
             lines = (session.root / CART).read_text().rstrip("\n").split("\n")
             seen.append((result["content"], "\n".join(f"{n:6}\t{line}" for n, line in enumerate(lines, 1))))
             return then

@@ -47,6 +47,7 @@ class Repo:
     id: int
     default_branch: str = "main"
     pulls: list[dict[str, Any]] = field(default_factory=list)
+    check_runs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def now() -> str:

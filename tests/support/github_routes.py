@@ -184,6 +184,27 @@ def _list_labels(stub: GitHubStub, m: re.Match[str], query: dict[str, str], body
     return (200, pull["labels"]) if pull is not None else error_reply(404, "Not Found")
 
 
+def _create_check_run(stub: GitHubStub, m: re.Match[str], query: dict[str, str], body: JSON) -> Reply:
+    repo = stub._repo(m["owner"], m["name"])
+    if not isinstance(body, dict) or not body.get("name") or not body.get("head_sha"):
+        return error_reply(422, "Validation Failed")
+    stamp = now()
+    run = {
+        "id": next(stub._ids),
+        "name": body["name"],
+        "head_sha": body["head_sha"],
+        "status": body.get("status", "queued"),
+        "conclusion": body.get("conclusion"),
+        "output": {**(body.get("output") or {}), "annotations_count": 0},
+        "started_at": stamp,
+        "completed_at": stamp if body.get("status") == "completed" else None,
+        "url": f"{stub.url}/repos/{repo.owner}/{repo.name}/check-runs/{len(repo.check_runs) + 1}",
+        "html_url": f"{stub.url}/{repo.owner}/{repo.name}/runs/{len(repo.check_runs) + 1}",
+    }
+    repo.check_runs.append(run)
+    return 201, run
+
+
 def _rate_limit(stub: GitHubStub, m: re.Match[str], query: dict[str, str], body: JSON) -> Reply:
     core = {"limit": 5000, "remaining": 4999, "reset": 4102444800, "used": 1, "resource": "core"}
     return 200, {"resources": {"core": core}, "rate": core}
@@ -193,6 +214,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
     ("GET", re.compile(r"/rate_limit"), _rate_limit),
     ("GET", re.compile(_REPO), _get_repo),
     ("POST", re.compile(_REPO + r"/pulls"), _create_pull),
+    ("POST", re.compile(_REPO + r"/check-runs"), _create_check_run),
     ("GET", re.compile(_REPO + r"/pulls"), _list_pulls),
     ("GET", re.compile(_REPO + r"/pulls/(?P<number>\d+)"), _get_pull),
     ("PATCH", re.compile(_REPO + r"/pulls/(?P<number>\d+)"), _patch_pull),

@@ -73,6 +73,11 @@ class GitHubStub(LoopbackServer):
         """The pull requests of one repository, oldest first."""
         return self.pulls.get(f"{owner}/{repo}", [])
 
+    def check_runs(self, owner: str, repo: str) -> list[dict[str, Any]]:
+        """The check runs created on one repository, oldest first."""
+        with self._lock:
+            return json.loads(json.dumps(self._repo(owner, repo).check_runs))
+
     def fail_next(
         self,
         method: str,

@@ -43,10 +43,16 @@ def plan(jobs: int, kills: int, terms: int, rng: random.Random) -> list[Disrupti
 
 
 def file_job(url: str, name: str, index: int) -> dict:
-    """A job that adds one file of its own (no tests in the repository: no sandboxed run)."""
+    """A job that adds one file of its own. The repository has no tests: its test command is
+    ``true``, the cheapest one whose unchanged outcome verifies the refactor."""
     path = f"notes/job-{index:04d}.txt"
     return scripted_job(
-        url, name, {"write": {path: f"job {index}\n"}}, target_files=[path], approval_required=True
+        url,
+        name,
+        {"write": {path: f"job {index}\n"}},
+        target_files=[path],
+        approval_required=True,
+        test_command="true",
     )
 
 

@@ -119,6 +119,8 @@ class GatedJob:
             name,
             {"redis_gate": gate.name, "write": {"app.py": "GREETING = 'hello'\n"}},
             target_files=["app.py"],
+            # A test command whose outcome the change keeps: the worker verifies the refactor.
+            test_command="true",
         )
         if not with_operation_id:
             del job["operation_id"]
