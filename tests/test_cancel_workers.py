@@ -78,9 +78,7 @@ def serves(client: Celery, git_server) -> None:
 def test_terminate_stops_a_job_in_its_test_command(fleet, celery_client, broker, git_server, github_stub):
     fleet.start()
     name, url = new_repo(git_server, {"app.py": "X = 1\n"})
-    job = scripted_job(
-        url, name, {"write": {"app.py": "X = 2\n"}}, test_command="touch .started && sleep 600"
-    )
+    job = scripted_job(url, name, {"write": {"app.py": "X = 2\n"}, "run": "touch .started && sleep 600"})
     task = celery_client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
     wait_until(lambda: list(fleet.root.glob("machine-*/worktrees/*/.started")), 60, "the test command")
 

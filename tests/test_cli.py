@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from tests.support.cli import codeworker
-from tests.support.jobs import RESULT_TIMEOUT, new_repo, parked, scripted_job
+from tests.support.jobs import APP_PY, RESULT_TIMEOUT, new_repo, parked, scripted_job
 
 
 def test_submit_wait_prints_the_stages_and_the_result(worker, worker_env, git_server, tmp_path):
@@ -37,7 +37,7 @@ def test_status_locks_and_branches_show_a_running_job(client, worker_env, git_se
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     job = scripted_job(
-        url, name, {"gate": str(gate), "write": {"app.py": "x = 1\n"}}, target_files=["app.py"]
+        url, name, {"gate": str(gate), "write": {"app.py": APP_PY + "x = 1\n"}}, target_files=["app.py"]
     )
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job))
@@ -75,12 +75,12 @@ def test_run_executes_one_operation_in_process(worker_env, git_server, tmp_path:
         "--executor",
         "scripted",
         "-d",
-        json.dumps({"write": {"app.py": "y = 2\n"}}),
+        json.dumps({"write": {"app.py": APP_PY + "y = 2\n"}}),
         "--merge",
     )
     result = json.loads(done.stdout)
     assert result["status"] == "merged"
-    assert git_server.read_file("acme", name, "main", "app.py") == "y = 2\n"
+    assert git_server.read_file("acme", name, "main", "app.py") == APP_PY + "y = 2\n"
     assert "push" in done.stderr
     assert codeworker(env, "status", "no-such-op", check=False).returncode == 1
 

@@ -18,7 +18,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import anthropic_stub as model_stub
 from tests.support.deploy import K8S, alert_rules, dashboard_queries, load
-from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, run_job, scripted_job
+from tests.support.jobs import (
+    APP_PY,
+    QUEUE,
+    RESULT_TIMEOUT,
+    new_repo,
+    open_gate,
+    release,
+    run_job,
+    scripted_job,
+)
 from tests.support.redis_server import free_port
 from tests.support.worker import WorkerProcess, get
 
@@ -125,13 +134,14 @@ def exported(client: Celery, worker, http_port, model, git_server, github_stub, 
     gate = directory / "gate"
     os.mkfifo(gate)
     holder = scripted_job(
-        url, name, {"gate": str(gate), "write": {"app.py": "x = 1\n"}}, target_files=["app.py"]
+        url, name, {"gate": str(gate), "write": {"app.py": APP_PY + "x = 1\n"}}, target_files=["app.py"]
     )
     pending = client.send_task("codeworker.refactor", args=[holder], queue=QUEUE)
     fd = open_gate(gate)
     try:
         blocked = run_job(
-            client, scripted_job(url, name, {"write": {"app.py": "y = 2\n"}}, target_files=["app.py"])
+            client,
+            scripted_job(url, name, {"write": {"app.py": APP_PY + "y = 2\n"}}, target_files=["app.py"]),
         )
     finally:
         release(fd)

@@ -115,7 +115,10 @@ def test_merge_refused_when_the_base_moved_in_a_conflicting_way(client, git_serv
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     job = scripted_job(
-        url, name, {"gate": str(gate), "write": {"app.py": "ours = 1\n"}}, approval_required=False
+        url,
+        name,
+        {"gate": str(gate), "write": {"app.py": APP_PY.replace("+ name", "+ name  # ours")}},
+        approval_required=False,
     )
     pending = client.send_task("codeworker.refactor", args=[job], queue=QUEUE)
     with parked(gate):

@@ -170,8 +170,7 @@ def test_flowers_terminate_shows_revoked_only_once_the_job_has_stopped(
     job = scripted_job(
         url,
         name,
-        {"write": {"app.py": "X = 2\n"}},
-        test_command="touch .started && sleep 600",
+        {"write": {"app.py": "X = 2\n"}, "run": "touch .started && sleep 600"},
         target_files=["app.py"],
     )
     task = client.send_task("codeworker.refactor", args=[job], queue=QUEUE)

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from codeworker.coordination.keys import Keys
-from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
+from tests.support.jobs import APP_PY, QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
 from tests.support.worker import get
 
 MB = 1_000_000
@@ -167,7 +167,7 @@ def test_hostile_jobs_get_a_clear_error_no_retry_and_the_worker_serves_the_next_
     assert status == 200 and health["status"] == "ok"
 
     name, url = new_repo(git_server)
-    result = run_job(client, scripted_job(url, name, {"write": {"app.py": "# next valid job\n"}}))
+    result = run_job(client, scripted_job(url, name, {"write": {"app.py": APP_PY + "# next valid job\n"}}))
     assert result["success"], result["error"]
     assert result["branch"] in git_server.branches("acme", name)
 
@@ -178,7 +178,7 @@ def test_garbage_on_the_queue_does_not_stop_the_worker(client, worker, broker_ur
     for garbage in (b"not json", b"{}", json.dumps({"body": "!!", "headers": {}}).encode(), b"\xff" * 100):
         queue.lpush(QUEUE, garbage)
     name, url = new_repo(git_server)
-    result = run_job(client, scripted_job(url, name, {"write": {"app.py": "# after garbage\n"}}))
+    result = run_job(client, scripted_job(url, name, {"write": {"app.py": APP_PY + "# after garbage\n"}}))
     assert result["success"], result["error"]
     assert worker.process.poll() is None
 

@@ -18,7 +18,10 @@ from tests.support.pipeline_runs import FnExecutor, make_job, with_executor
 @pytest.fixture()
 def repo(git_server: GitServer) -> tuple[str, str]:
     name = f"ops-{uuid.uuid4().hex[:8]}"
-    return name, git_server.create_repo("acme", name, {"app.py": "X = 1\n"})
+    # No tests: ``true`` is the cheapest test command whose unchanged outcome verifies a refactor.
+    return name, git_server.create_repo(
+        "acme", name, {"app.py": "X = 1\n", ".codeworker.yml": "test_command: 'true'\n"}
+    )
 
 
 def write_app(workspace) -> None:

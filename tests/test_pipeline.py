@@ -161,21 +161,32 @@ def test_pull_request_failure_leaves_a_pushed_branch(pipe, repo, git_server, git
     assert_clean(pipe, job)
 
 
-def test_unverified_change_opens_a_draft(pipe, repo, github_stub):
+@pytest.mark.parametrize("approval_required", [True, False], ids=["review", "merge-asked"])
+def test_unverified_change_opens_a_draft_and_is_never_merged(
+    pipe, repo, github_stub, git_server, approval_required
+):
+    """The repository has no tests: nothing verifies the change, whatever the executor says."""
     name, url = repo
-    job = make_job(pipe, url, name)
+    job = make_job(pipe, url, name, approval_required=approval_required)
 
-    class Unverified(FnExecutor):
+    class ClaimsSuccess(FnExecutor):
         def run(self, job: Job, workspace: Workspace) -> Outcome:
-            return super().run(job, workspace).model_copy(update={"verified": False})
+            self.work(workspace)
+            return Outcome.model_validate({"summary": "done", "verified": True})
 
     claim = pipe.claims.claim(job.operation_id)
-    executor = Unverified(lambda ws: ws.write_file("NEW.md", "draft\n"))
+    executor = ClaimsSuccess(lambda ws: ws.write_file("NEW.md", "draft\n"))
+    base = git_server.ref_sha("acme", name, "refs/heads/main")
     result = OperationRun(pipe, job, executor, claim.owner, None, time.monotonic()).execute()
 
     assert result["status"] == "pr_open" and result["success"] is False
+    assert (
+        result["error"]
+        == "not verified: the repository has no test command, so nothing can verify the change"
+    )
     assert result["pr"]["draft"] is True
     assert github_stub.pull_requests("acme", name)[0]["draft"] is True
+    assert git_server.ref_sha("acme", name, "refs/heads/main") == base
 
 
 def test_pipeline_run_records_the_result_for_redelivery(pipe, repo):

@@ -99,7 +99,10 @@ def gated_job(git_server, tmp_path: Path, label: str) -> tuple[dict, Path, str]:
     name, url = new_repo(git_server)
     gate = tmp_path / f"gate-{label}"
     os.mkfifo(gate)
-    script = {"gate": str(gate), "write": {"app.py": f"def greet(name):\n    return '{label} ' + name\n"}}
+    script = {
+        "gate": str(gate),
+        "write": {"app.py": f"def greet(name):\n    return 'hello ' + name  # {label}\n"},
+    }
     return scripted_job(url, name, script, target_files=["app.py"]), gate, name
 
 

@@ -195,7 +195,9 @@ class OperationRun:
         for stage in (stages.resume,) if stages.resumable(self) else stages.AFTER_CHECKOUT:
             self.enter(stage.__name__)
             stage(self)
-        deliver = stages.pull_request if self.job.approval_required else stages.merge
+        # Only a verified change is merged without review; an unverified one waits as a draft.
+        merge = not self.job.approval_required and self.verification.verified
+        deliver = stages.merge if merge else stages.pull_request
         self.enter(deliver.__name__)
         return deliver(self)
 

@@ -76,6 +76,9 @@ def stopped_on_request() -> bool:
     return any(sig in ("SIGTERM", "SIGINT", "SIGQUIT") for sig in _shutdown_signal)
 
 
+REQUEUED = "requeued"
+"""The ``status`` counted for a job a shutdown interrupted: it runs again elsewhere."""
+
 _job_started: dict[str, float] = {}
 """Task id -> monotonic start, in the pool child running it."""
 
@@ -97,12 +100,16 @@ def _count_job_finished(
     started = _job_started.pop(task_id, None)
     if operation_type is None or started is None:
         return
-    status = retval.get("status") if isinstance(retval, dict) else None
-    if isinstance(retval, JobCancelled):
+    if isinstance(retval, dict):
+        status = str(retval.get("status"))
+    elif isinstance(retval, JobCancelled):
         status = Status.CANCELLED
-    metrics.job_finished(
-        operation_type, str(status or (state or "unknown").lower()), time.monotonic() - started
-    )
+    elif state is None:
+        # No state: the task was interrupted (a shutdown's SystemExit); its message is requeued.
+        status = REQUEUED
+    else:
+        status = state.lower()
+    metrics.job_finished(operation_type, status, time.monotonic() - started)
 
 
 def _child_exited(pid: int, **_: Any) -> None:

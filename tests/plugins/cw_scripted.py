@@ -1,7 +1,8 @@
 """A test-only executor plugin: applies the change a test writes into the job's description.
 
 The description is JSON: ``{"write": {path: content}, "delete": [path], "gate": fifo,
-"redis_gate": name, "lock": [path], "claim_verified": bool}``. ``claim_verified`` is what a
+"redis_gate": name, "lock": [path], "run": command, "claim_verified": bool}``; ``run`` is a
+command the executor runs in its sandbox after writing. ``claim_verified`` is what a
 plugin that certifies its own work would say; the worker ignores it. Both gates hold the job mid-run (after
 checkout and locking, before it writes) until the test lets it go, without sleeping:
 
@@ -67,6 +68,8 @@ class ScriptedExecutor:
         for path in script.get("delete", []):
             workspace.lock(path)
             workspace.resolve(path).unlink()
+        if command := script.get("run"):
+            workspace.run(command)
         return Outcome(
             summary=f"scripted change to {len(workspace.changed_files())} file(s)",
             iterations=1,
