@@ -6,6 +6,7 @@ by the pipeline), so one grep follows a job across stages and workers.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote, urlsplit
 
 from codeworker.git.auth import basic_credentials
 
@@ -37,23 +39,58 @@ def bound_operation(op_id: str) -> Iterator[None]:
 
 def register_secret(value: str) -> None:
     """Never print ``value``: every formatted line and every result error is scrubbed of it."""
-    if len(value) >= 8:
+    if len(value) >= MIN_SECRET:
         _secrets.add(value)
 
 
 def register_credentials(settings: Settings) -> None:
-    """Register the worker's credentials in every spelling that could reach text: the GitHub token,
-    the token as the Basic credentials git sends, and the Anthropic key."""
+    """Register the worker's credentials in every spelling that could reach text: the GitHub token
+    (also as the Basic credentials git sends), the Anthropic key, the webhook secret and the Redis
+    password, each plain, URL-encoded and base64-encoded."""
     token = settings.github_token.get_secret_value()
-    for value in (token, basic_credentials(token), settings.anthropic_api_key.get_secret_value()):
-        register_secret(value)
+    values = [
+        token,
+        basic_credentials(token),
+        settings.anthropic_api_key.get_secret_value(),
+        settings.webhook_secret.get_secret_value(),
+        unquote(urlsplit(settings.redis_url).password or ""),
+    ]
+    for value in values:
+        if len(value) >= MIN_SECRET:
+            for spelling in {value, quote(value, safe=""), *base64_spellings(value)}:
+                register_secret(spelling)
+
+
+MIN_SECRET = 8
+"""Shorter values are not registered: scrubbing them would mangle ordinary text."""
+
+
+def base64_spellings(value: str) -> list[str]:
+    """The parts of ``value``'s base64 encoding that do not depend on what surrounds it, for each of
+    the three alignments it can have inside a longer encoded text."""
+    raw = value.encode()
+    spellings = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw + b"\0\0").decode()
+        first, last = -(-offset // 3), (offset + len(raw)) // 3  # whole 3-byte groups of the value
+        if last - first >= 2:
+            spellings.append(encoded[first * 4 : last * 4])
+    return spellings
 
 
 def scrub(text: str) -> str:
     """``text`` with every registered secret replaced; a last line of defence, not the first."""
-    for secret in _secrets:
-        text = text.replace(secret, "[redacted]")
-    return text
+    return scrub_counted(text)[0]
+
+
+def scrub_counted(text: str) -> tuple[str, int]:
+    """:func:`scrub`, and how many secrets it replaced."""
+    count = 0
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            count += text.count(secret)
+            text = text.replace(secret, "[redacted]")
+    return text, count
 
 
 class OperationFilter(logging.Filter):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from codeworker import logs
 from codeworker.config import ModelPrice, Settings
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
@@ -14,6 +17,7 @@ from codeworker.executors.agent.loops import LoopDetector
 from codeworker.executors.agent.tools import EDITOR, Tools
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.commands import clip
+from codeworker.worker import metrics
 
 
 class _Tree:
@@ -104,6 +108,45 @@ def test_bash_reports_exit_status_and_clips(checkout):
     assert result.text.startswith("1\n2\n") and result.text.endswith("[exit code 3]")
     assert "characters cut" in result.text
     assert "restarted" in tools.call("bash", {"restart": True}).text
+
+
+def test_a_secret_in_a_tool_result_is_scrubbed_counted_and_logged(checkout, caplog):
+    """Whatever a command prints (the file a repository committed, a config it found), the worker's
+    secrets never reach the model: plain, URL-encoded and base64-encoded, at any alignment."""
+    secret = "ghp_scrubme/0123456789+abcdef=="
+    settings = Settings(
+        github_token=SecretStr(secret),
+        redis_url="redis://:r3dis-pass-word@127.0.0.1:1/0",
+        webhook_secret=SecretStr("hook-secret-0123456789"),
+    )
+    logs.register_credentials(settings)
+    (checkout.root / "leak.txt").write_text(f"{secret}\nr3dis-pass-word\nhook-secret-0123456789\n")
+    tools = Tools(checkout, 20_000, 100_000)
+    before = _scrubbed_total()
+    commands = [
+        "cat leak.txt",
+        "base64 -w0 leak.txt",
+        "printf x | cat - leak.txt | base64 -w0",
+        "printf xy | cat - leak.txt | base64 -w0",
+        "python3 -c \"import urllib.parse; print(urllib.parse.quote(open('leak.txt').read(), safe=''))\"",
+    ]
+    with caplog.at_level("ERROR"):
+        results = [tools.call("bash", {"command": command}).text for command in commands]
+    for command, text in zip(commands, results, strict=True):
+        assert "[redacted]" in text, (command, text)
+        assert secret not in text and "r3dis-pass-word" not in text and "hook-secret" not in text
+        assert base64.b64encode(secret.encode()).decode()[:20] not in text
+    assert _scrubbed_total() - before >= len(commands)
+    assert "held" in caplog.text and "confinement failure" in caplog.text and secret not in caplog.text
+
+
+def _scrubbed_total() -> float:
+    return sum(
+        sample.value
+        for family in metrics.registry().collect()
+        for sample in family.samples
+        if sample.name == "codeworker_secrets_scrubbed_total"
+    )
 
 
 def test_ledger_prices_every_kind_of_token_and_warns_before_stopping():

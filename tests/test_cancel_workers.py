@@ -30,7 +30,8 @@ STOP_TIMEOUT = 60
 
 @pytest.fixture(scope="module")
 def broker_url(redis_server) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + "/6"
+    # A database of its own: a job parked by a failed test here must not reach other modules' workers.
+    return redis_server.url.rsplit("/", 1)[0] + "/7"
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,14 @@ from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
 from codeworker.pipeline.service import Pipeline
 from codeworker.sandbox.checkout import Checkout
-from codeworker.sandbox.repo_config import MAX_CONFIG_BYTES, RepoConfig, RepoConfigError, load_repo_config
+from codeworker.sandbox.repo_config import (
+    MAX_CONFIG_BYTES,
+    RepoConfig,
+    RepoConfigError,
+    dependency_files,
+    load_repo_config,
+    setup_plan,
+)
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.checkouts import Checkouts, needs_bwrap, sandbox_settings
 from tests.support.pipeline_runs import run_in_new_repo
@@ -283,3 +290,31 @@ def test_a_broken_file_fails_the_job_clearly_and_pushes_nothing(pipe, git_server
     assert git_server.branches("acme", name) == ["main"]
     assert list(pipe.redis.scan_iter(Keys().lock_pattern())) == []
     assert list((pipe.settings.workspace_root / "worktrees").glob(f"{result['operation_id']}.*")) == []
+
+
+def test_the_setup_cache_key_covers_every_file_setup_reads(tmp_path) -> None:
+    """A commit that changes an included requirements file gets a new setup, not a stale one."""
+    (tmp_path / "requirements" / "extra").mkdir(parents=True)
+    files = {
+        "requirements.txt": "-r requirements/base.txt\n--constraint=constraints/pins.txt\nrequests\n",
+        "requirements/base.txt": "-r extra/more.txt\nflask\n",
+        "requirements/extra/more.txt": "click\n",
+        "constraints/pins.txt": "flask==3.0\n",
+        "requirements-dev.txt": "pytest\n",
+        "pyproject.toml": "[project]\nname = 'x'\n",
+        "elsewhere.txt": "-r ../../etc/passwd\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "requirements" / "link.txt").symlink_to("/etc/hostname")
+
+    covered = dependency_files(tmp_path)
+    assert set(covered) == set(files) - {"elsewhere.txt"}
+    plan = setup_plan(tmp_path, RepoConfig())
+    assert plan is not None
+    keys = {plan.cache_key(tmp_path)}
+    for name in ("requirements/extra/more.txt", "constraints/pins.txt", "pyproject.toml"):
+        (tmp_path / name).write_text((tmp_path / name).read_text() + "# changed\n")
+        keys.add(plan.cache_key(tmp_path))
+    assert len(keys) == 4

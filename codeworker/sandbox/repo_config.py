@@ -30,6 +30,8 @@ import errno
 import hashlib
 import logging
 import os
+import posixpath
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -171,6 +173,46 @@ DEPENDENCY_FILES = (
 )
 """Root files whose content decides what setup produces: a change to any of them is a new cache key."""
 
+REQUIREMENT_DIRS = ("requirements", "requirements.d", "reqs")
+"""Directories whose ``*.txt`` files are requirement files too (``requirements/base.txt``)."""
+
+INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+)(\S+)", re.MULTILINE)
+"""A pip requirement file's include of another one (``-r base.txt``, ``--constraint=c.txt``)."""
+
+MAX_DEPENDENCY_FILES = 200
+"""Files a cache key covers at most: a repository that includes more is keyed by the first ones."""
+
+
+def dependency_files(checkout: Path) -> tuple[str, ...]:
+    """Every file setup can read to decide what it installs: the root files of
+    :data:`DEPENDENCY_FILES`, every ``requirements*.txt`` and ``constraints*.txt`` at the root,
+    every ``*.txt`` under :data:`REQUIREMENT_DIRS`, and whatever those include with ``-r`` or
+    ``-c``, followed from file to file. Only regular files inside the checkout count (no links)."""
+    root = checkout.resolve()
+    found: list[str] = []
+    pending = [*DEPENDENCY_FILES]
+    pending += sorted(
+        p.name for pattern in ("requirements*.txt", "constraints*.txt") for p in root.glob(pattern)
+    )
+    pending += sorted(str(p.relative_to(root)) for d in REQUIREMENT_DIRS for p in (root / d).glob("**/*.txt"))
+    while pending and len(found) < MAX_DEPENDENCY_FILES:
+        name = pending.pop(0)
+        path = root / name
+        if name in found or path.is_symlink() or not path.is_file():
+            continue
+        if not path.resolve().is_relative_to(root):
+            continue
+        found.append(name)
+        if name.endswith(".txt") or name.endswith(".in"):
+            with path.open("rb") as handle:
+                text = handle.read(MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
+            for included in INCLUDE.findall(text):
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(name), included))
+                if not target.startswith(".."):
+                    pending.append(target)
+    return tuple(found)
+
+
 DETECTED_PIP_SETUP = 'python -m pip install --quiet --target "$CODEWORKER_CACHE/python" -r requirements.txt'
 """Setup for a repository with a requirements.txt and no setup_command of its own."""
 
@@ -195,11 +237,7 @@ class SetupPlan:
 
 def setup_plan(checkout: Path, config: RepoConfig) -> SetupPlan | None:
     """The repository's setup_command, else pip for a requirements.txt, else None (nothing to do)."""
-    files = tuple(
-        name
-        for name in DEPENDENCY_FILES
-        if (checkout / name).is_file() and not (checkout / name).is_symlink()
-    )
+    files = dependency_files(checkout)
     command = config.setup_command
     if command:
         return SetupPlan(command, files)

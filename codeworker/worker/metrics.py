@@ -91,6 +91,11 @@ LOCK_CONFLICTS = Counter(
 SECRET_FINDINGS = Counter(
     "codeworker_secret_findings", "Secrets the scan found in added lines.", ["severity"]
 )
+SECRETS_SCRUBBED = Counter(
+    "codeworker_secrets_scrubbed",
+    "Worker secrets found in a tool's output and scrubbed before the model saw them.",
+    ["tool"],
+)
 SECRET_BLOCKS = Counter(
     "codeworker_secret_blocks",
     "Commits the scan blocked, once per severity among the blocking findings.",
@@ -260,6 +265,10 @@ def lock_wait(operation_type: str, seconds: float, acquired: bool) -> None:
 
 class _Finding(Protocol):
     severity: str
+
+
+def secrets_scrubbed(tool: str, count: int) -> None:
+    SECRETS_SCRUBBED.labels(tool).inc(count)
 
 
 def secret_scan(findings: Iterable[_Finding], blocking: Iterable[_Finding]) -> None:

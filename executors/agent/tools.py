@@ -9,13 +9,18 @@ the reason and tries something else.
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from codeworker import logs
 from codeworker.coordination.locks import LockHeld
 from codeworker.executors.base import Workspace
 from codeworker.sandbox.commands import clip
+from codeworker.worker import metrics
+
+log = logging.getLogger(__name__)
 
 EDITOR = "str_replace_based_edit_tool"
 BASH = "bash"
@@ -74,6 +79,24 @@ class Tools:
         self.workspace.stop_if_cancelled()
 
     def call(self, name: str, tool_input: dict[str, Any]) -> ToolResult:
+        """The tool's answer, scrubbed of every secret the worker knows before the model (or the
+        trajectory) sees it. A secret in a tool's output means something got past the sandbox's
+        confinement: it is counted and logged (without the secret) for an alert."""
+        result = self._call(name, tool_input)
+        text, scrubbed = logs.scrub_counted(result.text)
+        if not scrubbed:
+            return result
+        metrics.secrets_scrubbed(name, scrubbed)
+        log.error(
+            "a %s tool result held %d worker secret(s); scrubbed before the model saw it "
+            "(a confinement failure)",
+            name,
+            scrubbed,
+            extra={"lifecycle": "secret_scrubbed"},
+        )
+        return ToolResult(text, result.is_error)
+
+    def _call(self, name: str, tool_input: dict[str, Any]) -> ToolResult:
         try:
             if name == EDITOR:
                 text = self._editor(tool_input)
