@@ -7,9 +7,11 @@ it (the password masked by kombu's ``maybe_sanitize_url``) and exit status 1, ne
 
 from __future__ import annotations
 
+import faulthandler
 import getpass
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -146,6 +148,9 @@ def worker(
     # SIGTERM means "finish within the grace period, then requeue": Celery's soft shutdown.
     # billiard reads this when first imported, so it must be set before Celery's worker loads.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    # `kill -USR2 <pid>` prints every thread's stack to stderr, from C, so it answers even when the
+    # main thread is stuck where Python's own signal handlers cannot run.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     from celery.bin.celery import celery as celery_command
 
     from codeworker.worker.signals import stopped_on_request

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from tests.support.cli import codeworker
 from tests.support.jobs import APP_PY, RESULT_TIMEOUT, new_repo, parked, scripted_job
+from tests.support.redis_server import free_port
+from tests.support.worker import WorkerProcess
 
 
 def test_submit_wait_prints_the_stages_and_the_result(worker, worker_env, git_server, tmp_path):
@@ -89,3 +92,14 @@ def test_a_worker_without_a_github_token_refuses_to_start_saying_why(worker_env)
     done = codeworker({**worker_env, "GITHUB_TOKEN": ""}, "worker", "-c", "1", check=False)
     assert done.returncode != 0
     assert "refuses to start: GITHUB_TOKEN is not set" in done.stdout + done.stderr
+
+
+def test_sigusr2_prints_every_threads_stack_and_the_worker_goes_on(worker_env):
+    process = WorkerProcess({**worker_env, "PORT": str(free_port())}, name="stacks").start()
+    try:
+        assert process.process is not None
+        process.process.send_signal(signal.SIGUSR2)
+        assert "most recent call first" in process.wait_for_line("most recent call first", timeout=10)
+        assert process.process.poll() is None
+    finally:
+        assert process.stop() == 0

@@ -16,6 +16,7 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import GITHUB_TOKEN
 from tests.support import anthropic_stub as model_stub
 from tests.support.deploy import K8S, alert_rules, dashboard_queries, load
 from tests.support.jobs import (
@@ -128,7 +129,8 @@ def worker(worker_env, http_port, model, broker_url, git_server, tmp_path_factor
 def exported(client: Celery, worker, http_port, model, git_server, github_stub, tmp_path_factory) -> dict:
     """Sample name -> label names (and ``le`` values) in /metrics after jobs that touch every metric:
     a redelivered one (the ``worker`` fixture), a lock conflict, a blocked secret, a refused push, a
-    failed pull request and an agent job that bills the model."""
+    failed pull request and an agent job that bills the model and has a secret scrubbed from a
+    tool result."""
     directory = tmp_path_factory.mktemp("jobs")
     name, url = new_repo(git_server)
     gate = directory / "gate"
@@ -164,8 +166,11 @@ def exported(client: Celery, worker, http_port, model, git_server, github_stub, 
     hook.chmod(0o755)
     assert run_job(client, scripted_job(url, name, {"write": {"NOTES.md": "push\n"}}))["status"] == "failed"
 
-    name, url = new_repo(git_server)
-    model.play(*[model_stub.done("Nothing needs changing.")] * 3)
+    # A repository that committed the worker's token: the tool result is scrubbed (and counted).
+    name, url = new_repo(git_server, {"app.py": APP_PY, "leak.txt": GITHUB_TOKEN + "\n"})
+    model.play(
+        model_stub.say(model_stub.bash("cat leak.txt")), *[model_stub.done("Nothing needs changing.")] * 3
+    )
     agent_job = {
         "operation_type": "refactor",
         "description": "Tidy app.py",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -114,6 +115,10 @@ class WorkerProcess:
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Every thread's stack into the log (faulthandler, `codeworker worker`), then SIGKILL.
+            self.process.send_signal(signal.SIGUSR2)
+            with contextlib.suppress(TimeoutError):
+                self.wait_for_line("most recent call first", timeout=5)
             self.process.kill()
             code = self.process.wait()
         self.process = None
