@@ -44,6 +44,14 @@ def test_the_worker_unit_stops_gracefully_and_keeps_the_sandbox_working():
     assert worker["KillSignal"] == ["SIGTERM"] and worker["KillMode"] == ["mixed"]
     assert seconds(worker["TimeoutStopSec"][0]) >= 45 > GRACE
     assert worker["EnvironmentFile"] == ["/etc/codeworker/codeworker.env"]
+    # Read by systemd as root; root-only on disk and hidden from the service (deploy/README.md).
+    assert worker["InaccessiblePaths"] == ["-/etc/codeworker"]
+    assert unit("codeworker-flower.service")["InaccessiblePaths"] == ["-/etc/codeworker"]
+    readme = (DEPLOY / "README.md").read_text()
+    assert (
+        "install -D -m 0600 -o root -g root deploy/codeworker.env.example /etc/codeworker/codeworker.env"
+        in readme
+    )
     assert "PORT=%i" in worker["Environment"]
     assert worker["NoNewPrivileges"] == ["yes"] and worker["ProtectSystem"] == ["strict"]
     # Each of these breaks bubblewrap (deploy/README.md, "systemd").
