@@ -191,6 +191,12 @@ class Settings(BaseSettings):
     sandbox_cpu_seconds: int = 900
     """CPU-time limit of a sandboxed command."""
 
+    sandbox_file_mb: int = 1024
+    """Largest file a sandboxed command may write (RLIMIT_FSIZE), in MiB."""
+
+    sandbox_tmp_mb: int = 512
+    """Size of a sandboxed command's private /tmp (its HOME), in MiB."""
+
     setup_timeout: float = 900.0
     """Seconds the repository's setup command (dependency install) may take."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.sandbox.checkout import Checkout
-from codeworker.sandbox.commands import run_process
+from codeworker.sandbox.commands import OUTPUT_LIMIT, run_process
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import sandbox_fixtures
 from tests.support.checkouts import Checkouts, needs_bwrap
@@ -141,6 +143,50 @@ def test_memory_hog_fails_alone(checkout: Checkout) -> None:
     result = checkout.run(python_c("x = bytearray(2 * 1024 ** 3); print('allocated')"))
     assert result.exit_code != 0
     assert "MemoryError" in result.output and "allocated" not in result.output
+
+
+def test_a_file_larger_than_the_limit_cannot_be_written(env: Checkouts) -> None:
+    settings = env.settings.model_copy(update={"sandbox_file_mb": 2})
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree, settings=settings)
+    try:
+        result = box.run("head -c 5000000 /dev/zero > big.bin; echo exit $?; wc -c < big.bin")
+    finally:
+        box.close()
+    assert result.output.split()[-1] == str(2 * 1024 * 1024) and "exit 0" not in result.output
+    worktree.remove()
+
+
+def test_the_private_tmp_is_bounded(env: Checkouts) -> None:
+    settings = env.settings.model_copy(update={"sandbox_tmp_mb": 4})
+    worktree = env.worktree(env.repo())
+    box = env.checkout(worktree, settings=settings)
+    try:
+        result = box.run("head -c 8000000 /dev/zero > /tmp/fill; echo exit $?")
+    finally:
+        box.close()
+    assert "No space left on device" in result.output and "exit 0" not in result.output
+    worktree.remove()
+
+
+def test_endless_output_costs_the_worker_a_bounded_buffer(tmp_path: Path) -> None:
+    """`yes` for two seconds prints gigabytes; the worker keeps the head and the tail."""
+    probe = (
+        "import resource, sys; from pathlib import Path\n"
+        "from codeworker.sandbox.commands import run_process\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "result = run_process(['yes'], 'yes', Path(sys.argv[1]), {'PATH': '/usr/bin:/bin'}, 2)\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "cut = int(result.output.split('[... ')[1].split(' ')[0])\n"
+        "print(result.timed_out, len(result.output), cut, grown)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    timed_out, kept, cut, grown_kib = done.stdout.split()
+    assert timed_out == "True" and int(kept) < OUTPUT_LIMIT + 100
+    assert int(cut) > 50_000_000, "yes printed less than expected: the test proves nothing"
+    assert int(grown_kib) < 20_000, f"the worker grew by {grown_kib} KiB reading the output"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="the kernel does not apply RLIMIT_NPROC to uid 0")

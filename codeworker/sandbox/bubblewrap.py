@@ -25,8 +25,11 @@ Why each piece is there:
   command that moves HEAD, rewrites the index or commondir, or plants ``config.worktree`` or hooks
   changes only its own view. The worker commits and pushes through the real admin dir, which no
   command can write, and never through the checkout's ``.git`` file, which any command can.
-- Limits come from ``prlimit`` inside the sandbox (address space, CPU seconds, processes, no core
-  files), because rlimits are inherited by everything the command forks and need no privilege.
+- Limits come from ``prlimit`` inside the sandbox (address space, CPU seconds, processes, file
+  size, no core files), because rlimits are inherited by everything the command forks and need no
+  privilege; the private ``/tmp`` is a tmpfs of ``CODEWORKER_SANDBOX_TMP_MB``. The worker reads a
+  command's output into a bounded buffer (head and tail), so one that prints without end costs it
+  a few MB (:class:`~codeworker.sandbox.commands.BoundedOutput`).
   RLIMIT_NPROC is ignored by the kernel for uid 0, so the process limit only holds when the
   worker runs as an unprivileged user (as the container image does); the pid namespace still
   guarantees that every process dies with the command.
@@ -326,7 +329,8 @@ class Sandbox:
         Only ``host`` keeps the host's network; ``isolated`` needs ``network_args`` from a
         :class:`~codeworker.sandbox.network.UserNetwork` to have any network at all."""
         args = [shutil.which(self.settings.bwrap) or self.settings.bwrap]
-        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        args += ["--size", str(self.settings.sandbox_tmp_mb * 1024 * 1024), "--tmpfs", SANDBOX_TMP]
         hidden = self._hidden_paths()
         bound = [*self.mounts.readable, *self.mounts.writable]
         # Hidden dirs inside a bound one (the mirror's other worktrees) are mounted after that bind.
@@ -386,7 +390,7 @@ class Sandbox:
         return sorted(p for p in wanted if any(p.is_relative_to(h) for h in covering))
 
     def _limited(self, argv: list[str]) -> list[str]:
-        """``argv`` under prlimit: address space, CPU time, processes, no core dumps."""
+        """``argv`` under prlimit: address space, CPU time, processes, file size, no core dumps."""
         prlimit = shutil.which("prlimit")
         if not self.limits or prlimit is None:
             return argv
@@ -396,6 +400,7 @@ class Sandbox:
             f"--as={settings.sandbox_memory_mb * 1024 * 1024}",
             f"--cpu={settings.sandbox_cpu_seconds}",
             f"--nproc={settings.sandbox_max_processes}",
+            f"--fsize={settings.sandbox_file_mb * 1024 * 1024}",
             "--core=0",
             "--",
             *argv,

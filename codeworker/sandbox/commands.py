@@ -13,12 +13,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ")
 """The only variables a repository command inherits from the worker."""
@@ -64,7 +65,47 @@ def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
     if len(text) <= limit:
         return text
     half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+    return _clipped(text[:half], len(text) - 2 * half, text[-half:])
+
+
+def _clipped(head: str, cut: int, tail: str) -> str:
+    return f"{head}\n[... {cut} characters cut ...]\n{tail}"
+
+
+READ_CHUNK = 65_536
+"""Characters read from a command's output at a time."""
+
+
+class BoundedOutput:
+    """A command's output as it is read, keeping only the head and the tail (``limit`` characters
+    in all) and counting what falls between: a command that prints without end costs the worker
+    a bounded amount of memory, not all it printed."""
+
+    def __init__(self, limit: int = OUTPUT_LIMIT) -> None:
+        self.half = limit // 2
+        self.head = ""
+        self.tail = ""
+        self.cut = 0
+
+    def add(self, chunk: str) -> None:
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        joined = self.tail + chunk
+        if len(joined) > self.half:
+            self.cut += len(joined) - self.half
+            joined = joined[-self.half :]
+        self.tail = joined
+
+    def read_all(self, stream: TextIO) -> None:
+        while chunk := stream.read(READ_CHUNK):
+            self.add(chunk)
+
+    def text(self) -> str:
+        if not self.cut:
+            return self.head + self.tail
+        return _clipped(self.head, self.cut, self.tail)
 
 
 def run_command(command: str | Sequence[str], cwd: Path, timeout: float, home: Path) -> CommandResult:
@@ -124,14 +165,20 @@ def run_process(
             _kill_group(process)
             process.communicate()
             raise
-    try:
-        with interrupts.killing(lambda: _kill_group(process)) if interrupts else nullcontext():
-            output, _ = process.communicate(timeout=max(timeout - (time.monotonic() - begun), 0))
-    except subprocess.TimeoutExpired:
+    assert process.stdout is not None
+    output = BoundedOutput()
+    reader = threading.Thread(target=output.read_all, args=(process.stdout,), daemon=True)
+    reader.start()
+    with interrupts.killing(lambda: _kill_group(process)) if interrupts else nullcontext():
+        # Done when the output ends (every writer in the group exited), not when the leader does.
+        reader.join(max(timeout - (time.monotonic() - begun), 0))
+    timed_out = reader.is_alive()
+    if timed_out:
         _kill_group(process)
-        output, _ = process.communicate()
-        return CommandResult(shown, None, clip(output), timed_out=True)
-    return CommandResult(shown, process.returncode, clip(output))
+        reader.join()  # the group is gone, so the pipe's writers are too
+    process.wait()
+    process.stdout.close()
+    return CommandResult(shown, None if timed_out else process.returncode, output.text(), timed_out=timed_out)
 
 
 def _kill_group(process: subprocess.Popen[str]) -> None:
