@@ -66,8 +66,14 @@ def failed(check: str, detail: str, fix: str) -> Finding:
 def redis_checks(settings: Settings) -> list[Finding]:
     """Reachable; and its configuration keeps what codeworker stores (an evicted lock or queue
     key, or a restart without persistence, loses work)."""
-    shown = maybe_sanitize_url(settings.redis_url)
     client = redis_client(settings.redis_url)
+    try:
+        return _redis_checks(client, maybe_sanitize_url(settings.redis_url))
+    finally:
+        client.close()
+
+
+def _redis_checks(client: redis.Redis, shown: str) -> list[Finding]:
     try:
         version = client.info("server")["redis_version"]
     except redis.AuthenticationError as exc:
@@ -121,7 +127,6 @@ def redis_checks(settings: Settings) -> list[Finding]:
                 "CONFIG SET appendonly yes (and in redis.conf)",
             )
         )
-    client.close()
     return findings
 
 

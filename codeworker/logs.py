@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 operation_id: ContextVar[str | None] = ContextVar("operation_id", default=None)
 
-_secrets: set[str] = set()
+_secrets: list[str] = []
+"""Longest first, so a secret containing another is replaced whole (kept sorted on registration:
+every log line and tool result is scrubbed)."""
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "operation_id"}
 
@@ -39,8 +41,9 @@ def bound_operation(op_id: str) -> Iterator[None]:
 
 def register_secret(value: str) -> None:
     """Never print ``value``: every formatted line and every result error is scrubbed of it."""
-    if len(value) >= MIN_SECRET:
-        _secrets.add(value)
+    if len(value) >= MIN_SECRET and value not in _secrets:
+        _secrets.append(value)
+        _secrets.sort(key=len, reverse=True)
 
 
 def register_credentials(settings: Settings) -> None:
@@ -86,7 +89,7 @@ def scrub(text: str) -> str:
 def scrub_counted(text: str) -> tuple[str, int]:
     """:func:`scrub`, and how many secrets it replaced."""
     count = 0
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _secrets:
         if secret in text:
             count += text.count(secret)
             text = text.replace(secret, "[redacted]")

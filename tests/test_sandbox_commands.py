@@ -21,7 +21,7 @@ import pytest
 
 from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.sandbox.checkout import Checkout
-from codeworker.sandbox.commands import OUTPUT_LIMIT, run_process
+from codeworker.sandbox.commands import OUTPUT_LIMIT, CommandResult, run_process
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import sandbox_fixtures
 from tests.support.checkouts import Checkouts, needs_bwrap
@@ -145,28 +145,27 @@ def test_memory_hog_fails_alone(checkout: Checkout) -> None:
     assert "MemoryError" in result.output and "allocated" not in result.output
 
 
-def test_a_file_larger_than_the_limit_cannot_be_written(env: Checkouts) -> None:
-    settings = env.settings.model_copy(update={"sandbox_file_mb": 2})
+def run_with(env: Checkouts, command: str, **limits: int) -> CommandResult:
+    """``command`` in a fresh checkout whose sandbox has ``limits`` (settings overrides)."""
     worktree = env.worktree(env.repo())
-    box = env.checkout(worktree, settings=settings)
+    box = env.checkout(worktree, settings=env.settings.model_copy(update=limits))
     try:
-        result = box.run("head -c 5000000 /dev/zero > big.bin; echo exit $?; wc -c < big.bin")
+        return box.run(command)
     finally:
         box.close()
+        worktree.remove()
+
+
+def test_a_file_larger_than_the_limit_cannot_be_written(env: Checkouts) -> None:
+    result = run_with(
+        env, "head -c 5000000 /dev/zero > big.bin; echo exit $?; wc -c < big.bin", sandbox_file_mb=2
+    )
     assert result.output.split()[-1] == str(2 * 1024 * 1024) and "exit 0" not in result.output
-    worktree.remove()
 
 
 def test_the_private_tmp_is_bounded(env: Checkouts) -> None:
-    settings = env.settings.model_copy(update={"sandbox_tmp_mb": 4})
-    worktree = env.worktree(env.repo())
-    box = env.checkout(worktree, settings=settings)
-    try:
-        result = box.run("head -c 8000000 /dev/zero > /tmp/fill; echo exit $?")
-    finally:
-        box.close()
+    result = run_with(env, "head -c 8000000 /dev/zero > /tmp/fill; echo exit $?", sandbox_tmp_mb=4)
     assert "No space left on device" in result.output and "exit 0" not in result.output
-    worktree.remove()
 
 
 def test_endless_output_costs_the_worker_a_bounded_buffer(tmp_path: Path) -> None:

@@ -111,9 +111,9 @@ class Checkout:
         self._git_view = GitView.of(admin) if admin is not None else None
         # Mirrors keeps worktrees at <root>/worktrees/<operation id>; hide that root as well as the
         # configured one, so no other job's checkout or mirror is visible.
-        roots = [worktree.path.parent.parent, settings.workspace_root]
+        self._hidden_roots = [worktree.path.parent.parent, settings.workspace_root]
         self._sandbox = Sandbox.for_checkout(
-            settings, worktree.path, roots, self._git_view, self._scratch, cancel
+            settings, worktree.path, self._hidden_roots, self._git_view, self._scratch, cancel
         )
 
     @property
@@ -225,8 +225,9 @@ class Checkout:
             )
             for path, content in base.items():
                 _restore(copy, path, content)
-            roots = [self.root.parent.parent, self._settings.workspace_root]
-            sandbox = Sandbox.for_checkout(self._settings, copy, roots, None, self._scratch, self._cancel)
+            sandbox = Sandbox.for_checkout(
+                self._settings, copy, self._hidden_roots, None, self._scratch, self._cancel
+            )
             result = sandbox.with_cache(self._sandbox.cache).run(command, None, env)
         finally:
             shutil.rmtree(copy, ignore_errors=True)
