@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     sandbox_tmp_mb: int = 512
     """Size of a sandboxed command's private /tmp (its HOME), in MiB."""
 
+    sandbox_extra_ro: Annotated[list[Path], NoDecode] = []
+    """Colon-separated host paths every sandboxed command also sees, read-only (a toolchain in /opt)."""
+
     setup_timeout: float = 900.0
     """Seconds the repository's setup command (dependency install) may take."""
 
@@ -274,6 +277,21 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sandbox_extra_ro", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("sandbox_extra_ro")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        relative = [str(path) for path in value if not path.is_absolute()]
+        if relative:
+            raise ValueError(f"paths must be absolute: {', '.join(relative)}")
         return value
 
     @field_validator("visibility_timeout", "restore_interval", "claim_ttl")

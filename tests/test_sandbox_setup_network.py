@@ -66,7 +66,7 @@ def _probing_setup(env: Checkouts, port: int, mode: SetupNetwork) -> dict[str, s
     it recorded (file name: contents)."""
     setup = (
         f'python probe.py {port} > "$CODEWORKER_CACHE/connect" && ip -4 -o addr > "$CODEWORKER_CACHE/addr"'
-        ' && cat /etc/resolv.conf > "$CODEWORKER_CACHE/resolv"'
+        ' && { cat /etc/resolv.conf || echo absent; } > "$CODEWORKER_CACHE/resolv"'
     )
     files = {**FILES, "probe.py": PROBE, ".codeworker.yml": yaml.safe_dump({"setup_command": setup})}
     worktree = env.worktree(env.repo(files))
@@ -120,7 +120,7 @@ def test_setup_without_network_has_only_loopback(env: Checkouts, listener: int) 
     assert [line.split()[1] for line in seen["addr"].splitlines()] == ["lo"]
     assert "loopback: ConnectionRefusedError" in seen["connect"]
     assert "gateway:" not in seen["connect"] and "metadata:" not in seen["connect"]
-    assert seen["resolv"] == Path("/etc/resolv.conf").read_text()
+    assert seen["resolv"] == "absent\n"  # no network, no resolver
     assert _slirps() == []
 
 
@@ -128,6 +128,7 @@ def test_host_network_setup_reaches_the_hosts_loopback(env: Checkouts, listener:
     seen = _probing_setup(env, listener, "host")
 
     assert "loopback: connected" in seen["connect"]
+    assert seen["resolv"] == Path("/etc/resolv.conf").read_text()
 
 
 def test_slirp4netns_ends_with_a_setup_that_times_out_or_fails(env: Checkouts) -> None:

@@ -2,9 +2,11 @@
 
 Why each piece is there:
 
-- ``--ro-bind / /`` and ``--cap-drop ALL``: the host is readable (compilers, the worker's Python,
-  the system's certificates) but nothing outside the checkout can be written, not even by root,
-  and no capability is left to remount anything.
+- An allowlist, not the host: the root starts empty and gets the system's executables and
+  libraries, a minimal ``/etc``, the worker's Python and what the operator adds, all read-only
+  (:mod:`codeworker.sandbox.rootfs` says exactly what), then is made read-only itself. With
+  ``--cap-drop ALL`` nothing outside the checkout can be written, not even by root, and no
+  capability is left to remount anything.
 - ``--unshare-net``, ``--unshare-pid``, ``--unshare-ipc``, ``--unshare-uts``: no network, no view
   of the worker's processes (whose ``/proc/<pid>/environ`` holds the token), and a private pid 1
   whose death takes every process of the command with it.
@@ -13,13 +15,12 @@ Why each piece is there:
   reach the host's loopback (Redis, the worker's HTTP port) or 169.254.0.0/16 (cloud metadata).
 - ``--clearenv`` plus an allowlist: the worker's credentials (GITHUB_TOKEN, ANTHROPIC_API_KEY,
   REDIS_URL, ...) never reach a command, whatever the worker's environment holds.
-- Hidden behind empty read-only tmpfs mounts: WORKSPACE_ROOT (other jobs' checkouts and the
-  mirrors), the setup cache root (other repositories' dependencies), the worker's HOME (git and
-  cloud credentials), the trajectory directory, the scanner's virtualenv and the usual secret
-  mounts (``/run/secrets``, ``/var/run/secrets``). What a command needs is bound back on top:
-  its checkout read-write, the mirror read-only (objects, refs, config, hooks), the Python
-  installation when it lives in HOME, and the job's setup cache (read-only, read-write for setup
-  itself).
+- Bound on top: the checkout read-write, its repository's mirror read-only (git's objects, refs,
+  config, hooks) with every worktree's admin dir hidden, and the job's setup cache (read-only,
+  read-write for setup itself). Anything secret that lies inside something bound (the worker's
+  HOME, the trajectory directory, the scanner's virtualenv, ``/run/secrets``, other jobs'
+  checkouts, the setup cache root) is hidden behind an empty read-only tmpfs, so an operator's
+  ``CODEWORKER_SANDBOX_EXTRA_RO=/opt`` does not bring the scanner under ``/opt`` with it.
 - The worktree's admin directory (HEAD, index, commondir, gitdir) is shown as a private writable
   copy (:class:`GitView`): ``git status``, ``diff``, ``checkout --`` and ``restore`` work, but a
   command that moves HEAD, rewrites the index or commondir, or plants ``config.worktree`` or hooks
@@ -44,7 +45,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +54,15 @@ from pathlib import Path
 from codeworker.config import Settings, SetupNetwork
 from codeworker.sandbox.commands import CommandResult, Interrupts, command_env, run_process
 from codeworker.sandbox.network import TAP, NetworkUnavailable, UserNetwork
+from codeworker.sandbox.rootfs import (
+    SYSTEM_DIRS,
+    DataFiles,
+    etc_args,
+    identity_files,
+    python_paths,
+    system_args,
+    visible,
+)
 from codeworker.sandbox.setup_cache import CacheMount
 from codeworker.secrets.scanner import SCANNER_VENV
 
@@ -77,7 +86,8 @@ class SandboxUnavailable(RuntimeError):
 
 
 PROBE_SANDBOX = (
-    *("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP),
+    *system_args(),
+    *("--dir", "/etc", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP),
     *("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL"),
     *("--die-with-parent", "--new-session", "--clearenv"),
 )
@@ -146,6 +156,10 @@ def check_sandbox(settings: Settings) -> None:
             )
         _warn_unsandboxed(problem)
         return
+    missing = [str(path) for path in settings.sandbox_extra_ro if not path.exists()]
+    if missing:
+        named = ", ".join(missing)
+        raise SandboxUnavailable(f"CODEWORKER_SANDBOX_EXTRA_RO names paths that do not exist: {named}")
     problem = network_problem(settings)
     if problem is None:
         return
@@ -288,21 +302,26 @@ class Sandbox:
         if network == "isolated" and network_problem(self.settings) is not None:
             check_sandbox(self.settings)  # raises unless allowed
             network = "host"
-        if network != "isolated":
-            argv = self.bwrap_argv(argv, environment, network)
-            return run_process(argv, shown, self.checkout, outer_env, timeout, interrupts=self.interrupts)
-        with UserNetwork(self.settings.slirp4netns) as user_network:
-            argv = self.bwrap_argv(user_network.gated(argv), environment, network, user_network.bwrap_args())
-            return run_process(
-                argv,
-                shown,
-                self.checkout,
-                outer_env,
-                timeout,
-                user_network.pass_fds,
-                user_network.attach,
-                self.interrupts,
-            )
+        with DataFiles(identity_files()) as files:
+            if network != "isolated":
+                argv = self.bwrap_argv(argv, environment, network, files=files.args)
+                return run_process(
+                    argv, shown, self.checkout, outer_env, timeout, files.fds, interrupts=self.interrupts
+                )
+            with UserNetwork(self.settings.slirp4netns) as user_network:
+                argv = self.bwrap_argv(
+                    user_network.gated(argv), environment, network, user_network.bwrap_args(), files.args
+                )
+                return run_process(
+                    argv,
+                    shown,
+                    self.checkout,
+                    outer_env,
+                    timeout,
+                    [*user_network.pass_fds, *files.fds],
+                    user_network.attach,
+                    self.interrupts,
+                )
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The allowlisted environment with HOME and TMPDIR in the private /tmp, plus ``extra``."""
@@ -323,24 +342,23 @@ class Sandbox:
         env: Mapping[str, str],
         network: SetupNetwork = "none",
         network_args: Sequence[str] = (),
+        files: Sequence[str] = (),
     ) -> list[str]:
         """The full bubblewrap command line (public so tests and operators can read it).
 
         Only ``host`` keeps the host's network; ``isolated`` needs ``network_args`` from a
-        :class:`~codeworker.sandbox.network.UserNetwork` to have any network at all."""
-        args = [shutil.which(self.settings.bwrap) or self.settings.bwrap]
-        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        :class:`~codeworker.sandbox.network.UserNetwork` to have any network at all. ``files`` are
+        the :class:`~codeworker.sandbox.rootfs.DataFiles` arguments (``/etc/passwd``, ``/etc/group``)."""
+        readable = [*python_paths(SYSTEM_DIRS), *self.settings.sandbox_extra_ro, *self.mounts.readable]
+        hidden = self._hidden_paths([*SYSTEM_DIRS, *readable])
+        args = [shutil.which(self.settings.bwrap) or self.settings.bwrap, *system_args()]
+        args += etc_args(network if network != "none" else None)
+        args += files
+        args += ["--dev", "/dev", "--proc", "/proc"]
         args += ["--size", str(self.settings.sandbox_tmp_mb * 1024 * 1024), "--tmpfs", SANDBOX_TMP]
-        hidden = self._hidden_paths()
-        bound = [*self.mounts.readable, *self.mounts.writable]
-        # Hidden dirs inside a bound one (the mirror's other worktrees) are mounted after that bind.
-        nested = [h for h in hidden if any(h.is_relative_to(b.resolve()) for b in bound)]
-        for path in hidden:
-            if path not in nested:
-                args += ["--tmpfs", str(path)]
-        for path in [*self._python_paths(hidden), *self.mounts.readable]:
+        for path in readable:
             args += ["--ro-bind", str(path), str(path)]
-        for path in nested:
+        for path in hidden:
             args += ["--tmpfs", str(path)]
         for path in self.mounts.writable:
             args += ["--bind", str(path), str(path)]
@@ -356,6 +374,7 @@ class Sandbox:
             args += ["--remount-ro", str(path)]
         if network != "host":
             args += ["--unshare-net", *network_args]
+        args += ["--remount-ro", "/"]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         args += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv"]
         for name, value in sorted(env.items()):
@@ -363,31 +382,19 @@ class Sandbox:
         args += ["--chdir", str(self.checkout), "--", *argv]
         return args
 
-    def _hidden_paths(self) -> list[Path]:
-        """Existing directories to hide, parents before children, none that is bound back itself."""
+    def _hidden_paths(self, shown: Sequence[Path]) -> list[Path]:
+        """Existing directories that lie inside something ``shown`` read-only, to hide (parents
+        first), none that is bound itself."""
         home = Path(os.environ.get("HOME", "/root"))
-        candidates = [
-            *self.hidden,
-            home,
-            self.settings.trajectory_dir,
-            SCANNER_VENV,
-            *SECRET_MOUNTS,
-        ]
+        candidates = [*self.hidden, home, self.settings.trajectory_dir, SCANNER_VENV, *SECRET_MOUNTS]
+        roots = [path.resolve() for path in shown]
         bound = {p.resolve() for p in (*self.mounts.writable, *self.mounts.readable)}
         found: set[Path] = set()
         for path in candidates:
             real = path.resolve()
-            if real.is_dir() and real not in bound and real not in (Path("/"), Path(SANDBOX_TMP)):
+            if real.is_dir() and real not in bound and real not in roots and visible(real, roots):
                 found.add(real)
         return sorted(found, key=lambda p: (len(p.parts), str(p)))
-
-    @staticmethod
-    def _python_paths(hidden: Sequence[Path]) -> list[Path]:
-        """The worker's Python (venv and base install) when a hidden directory or the private /tmp
-        would cover it (a checkout of codeworker under /tmp runs its tests from /tmp/.../.venv)."""
-        wanted = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
-        covering = [*hidden, Path(SANDBOX_TMP)]
-        return sorted(p for p in wanted if any(p.is_relative_to(h) for h in covering))
 
     def _limited(self, argv: list[str]) -> list[str]:
         """``argv`` under prlimit: address space, CPU time, processes, file size, no core dumps."""
