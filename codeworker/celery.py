@@ -7,18 +7,24 @@ from __future__ import annotations
 from celery import Celery
 
 from codeworker.config import get_settings
+from codeworker.coordination.connection import is_sentinel
 from codeworker.models import OperationType
 from codeworker.worker.bootsteps import install
 
 
 def create_app() -> Celery:
     settings = get_settings()
+    sentinel = is_sentinel(settings.redis_url)
+    # Celery's and kombu's Sentinel support find the primary by this name, and ask again after a
+    # failover (codeworker.coordination.connection says how our own clients do).
+    master = {"master_name": settings.redis_master_name} if sentinel else {}
     app = Celery("codeworker", include=[f"codeworker.tasks.{kind}" for kind in OperationType])
     app.conf.update(
         broker_url=settings.redis_url,
         # kombu's Redis transport, except that an undecodable queue entry is dropped, not fatal.
-        broker_transport="codeworker.worker.broker:Transport",
+        broker_transport=f"codeworker.worker.broker:{'SentinelTransport' if sentinel else 'Transport'}",
         result_backend=settings.redis_url,
+        result_backend_transport_options=master,
         # A job is acknowledged only when it ends, so a worker that dies mid-job loses nothing.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -36,6 +42,7 @@ def create_app() -> Celery:
             # The restore mutex of a worker killed while restoring must not block the others
             # for kombu's default 5 minutes.
             "unacked_mutex_expire": max(10, int(settings.restore_interval * 2)),
+            **master,
         },
         task_soft_time_limit=settings.soft_time_limit,
         task_time_limit=settings.hard_time_limit,

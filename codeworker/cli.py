@@ -24,7 +24,7 @@ from kombu.utils.url import maybe_sanitize_url
 from codeworker.config import Settings, get_settings
 from codeworker.coordination.cancellations import Cancellations, CancelState, cancellation_now
 from codeworker.coordination.claims import RUNNING, OperationClaims
-from codeworker.coordination.connection import redis_client
+from codeworker.coordination.connection import redis_for
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import list_locks
 from codeworker.coordination.registry import BranchRegistry, BranchStatus
@@ -116,7 +116,7 @@ def _redis_shown() -> str:
 
 def _store(settings: Settings) -> tuple[redis.Redis, Keys]:
     """The Redis client and key layout a read-only command needs, and nothing else."""
-    return redis_client(settings.redis_url), Keys(settings.key_prefix)
+    return redis_for(settings), Keys(settings.key_prefix)
 
 
 @click.group(cls=Commands)

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from codeworker.coordination.connection import SentinelUrl, is_sentinel
+
 
 class ModelPrice(BaseModel):
     """US dollars per million tokens of one model."""
@@ -63,7 +65,10 @@ class Settings(BaseSettings):
     """Port of the worker's HTTP server (/health, /status, /metrics)."""
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
-    """Broker, result backend, locks, claims and branch registry."""
+    """Broker, result backend, locks, claims and branch registry (``sentinel://h:26379;...`` too)."""
+
+    redis_master_name: str = "mymaster"
+    """The Sentinel group whose primary to use when REDIS_URL is a sentinel:// URL."""
 
     worker_concurrency: int = Field(2, ge=1, validation_alias=_env("WORKER_CONCURRENCY"))
     """Concurrent operations per worker (prefork children)."""
@@ -277,6 +282,13 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if is_sentinel(value):
+            SentinelUrl.parse(value)  # a ValueError names what is wrong
         return value
 
     @field_validator("sandbox_extra_ro", mode="before")

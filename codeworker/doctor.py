@@ -22,7 +22,7 @@ import redis
 from kombu.utils.url import maybe_sanitize_url
 
 from codeworker.config import Settings
-from codeworker.coordination.connection import redis_client
+from codeworker.coordination.connection import redis_for
 from codeworker.sandbox.bubblewrap import network_problem, sandbox_problem
 from codeworker.secrets.scanner import ScanError, SecretScanner
 
@@ -66,7 +66,7 @@ def failed(check: str, detail: str, fix: str) -> Finding:
 def redis_checks(settings: Settings) -> list[Finding]:
     """Reachable; and its configuration keeps what codeworker stores (an evicted lock or queue
     key, or a restart without persistence, loses work)."""
-    client = redis_client(settings.redis_url)
+    client = redis_for(settings)
     try:
         return _redis_checks(client, maybe_sanitize_url(settings.redis_url))
     finally:

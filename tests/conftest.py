@@ -18,8 +18,8 @@ from codeworker.loopback.gitserver import GitServer
 from codeworker.pipeline.service import Pipeline
 from tests.support.anthropic_stub import AnthropicStub
 from tests.support.github_stub import GitHubStub
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.worker import WorkerProcess
+from tests.support.redis_server import RedisServer
+from tests.support.worker import WorkerProcess, worker_environment
 
 
 @pytest.fixture(scope="session")
@@ -121,19 +121,9 @@ def workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def worker_env(broker_url: str, git_server: GitServer, github_stub: GitHubStub, workspace_root: Path) -> dict:
     """The environment of an end-to-end worker; a module may extend it before ``worker`` starts."""
-    return {
-        "REDIS_URL": broker_url,
-        "WORKSPACE_ROOT": str(workspace_root),
-        "GITHUB_TOKEN": GITHUB_TOKEN,
-        "GITHUB_API_URL": github_stub.url,
-        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-        "CODEWORKER_ALLOWED_REPOS": git_server.base_url,
-        "CODEWORKER_LOCK_WAIT": "1",
-        # A short heartbeat so a duplicate delivery's retry comes round quickly.
-        "CODEWORKER_CLAIM_TTL": "2",
-        "CODEWORKER_LOG_FORMAT": "json",
-        "PORT": str(free_port()),
-    }
+    env = worker_environment(broker_url, workspace_root, git_server, github_stub, GITHUB_TOKEN, ANTHROPIC_KEY)
+    # A short heartbeat so a duplicate delivery's retry comes round quickly.
+    return {**env, "CODEWORKER_CLAIM_TTL": "2"}
 
 
 @pytest.fixture(scope="module")

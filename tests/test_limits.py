@@ -138,6 +138,30 @@ def test_a_diff_over_the_limit_is_blocked_and_nothing_is_pushed(pipe, git_server
     assert_nothing_left(strict, job)
 
 
+def test_a_blocked_oversized_change_leaves_the_mirror_as_it_was(pipe, git_server):
+    """Measuring the change stages it, and staging writes blobs: into the job's own store, which
+    goes with the worktree, never into the mirror every later job fetches into."""
+    name, url = new_repo(git_server, NO_TESTS)
+    pipe.mirrors.fetch(url)
+    objects = pipe.mirrors.mirror_path(url) / "objects"
+    before = sorted(str(path.relative_to(objects)) for path in objects.rglob("*") if path.is_file())
+    strict = limited(pipe, max_diff_bytes=100_000)
+    # Random base64 barely compresses: about 1.5 MB of objects (a job description holds 100 kB).
+    script = {"write": {"app.py": "x = 1\n"}, "run": "head -c 1500000 /dev/urandom | base64 > dump.txt"}
+    job = scripted_job(url, name, script, target_files=["app.py", "dump.txt"])
+
+    result = strict.run(job, "refactor")
+
+    assert result["status"] == "blocked" and "bytes of diff" in result["error"]
+    after = sorted(str(path.relative_to(objects)) for path in objects.rglob("*") if path.is_file())
+    assert after == before
+    assert list((objects.parent / "worktrees").glob("*")) == []
+    assert_nothing_left(strict, job)
+    accepted = strict.run(scripted_job(url, name, {"write": {"app.py": "x = 1\n"}}), "refactor")
+    assert accepted["status"] == "pr_open", accepted["error"]
+    pipe.mirrors.fetch(url)  # the mirror names no object it lacks
+
+
 def test_too_many_changed_files_are_blocked(pipe, git_server):
     name, url = new_repo(git_server, NO_TESTS)
     strict = limited(pipe, max_changed_files=2)

@@ -6,6 +6,16 @@ private copy of the worktree's admin directory (see :mod:`codeworker.sandbox.bub
 worker opens a worktree through the admin directory it created (:attr:`Worktree.git_dir`), which the
 sandbox cannot write, and never through the checkout's ``.git`` file; and it never commits a
 symbolic link that points out of the repository (:class:`~codeworker.git.errors.UnsafeSymlink`).
+
+A job writes no object into the shared mirror until it pushes: every object the worker writes for
+it (the blobs staged to diff and measure the change, the commit's trees and commit) goes to the
+job's own store, ``objects`` in the worktree's admin directory, searched before the mirror's. So a
+change refused for its size or a secret never grows the mirror that every later job on the
+repository fetches into and is measured against; its store goes with the worktree. The commit
+stays pending (no ref names it) until :meth:`Worktree.push` moves its objects into the mirror and
+only then points the local branch at it: a mirror ref to an object the mirror lacks would fail
+every later fetch ("object not found"). A push that fails after that leaves the objects in the
+mirror, unreachable; they are never deleted there, since another job may have published the same.
 """
 
 from __future__ import annotations
@@ -27,6 +37,13 @@ if TYPE_CHECKING:
     from codeworker.git.mirrors import Mirrors
 
 __all__ = ["BaseFile", "Worktree"]
+
+JOB_STORE = "objects"
+"""The job's object store, a directory of the worktree's admin directory in the mirror."""
+
+JOB_STORE_PRIORITY = 10
+"""The job store's backend priority: above libgit2's own (packs 2, loose objects 1), so writes go
+there and reads look there first."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,8 @@ class Worktree:
         """Where the remote had :attr:`branch` at checkout (None: it had no such branch)."""
         self.url = clean_url(url)
         self._mirrors = mirrors
+        self.pending: str | None = None
+        """The commit made and not yet pushed: its objects are in the job's store alone."""
 
     def __repr__(self) -> str:
         return f"Worktree(path={self.path!r}, branch={self.branch!r}, base={self.base!r})"
@@ -81,9 +100,14 @@ class Worktree:
 
         Opened through :attr:`git_dir`, never through the checkout's ``.git`` file: the agent can
         rewrite that file to name a repository of its own, whose config would send our commit and
-        push (and the token) wherever it likes.
+        push (and the token) wherever it likes. Every object written through it goes to the job's
+        store (see the module's docstring).
         """
-        return pygit2.Repository(str(self.git_dir))
+        repo = pygit2.Repository(str(self.git_dir))
+        store = self.git_dir / JOB_STORE
+        store.mkdir(exist_ok=True)
+        repo.odb.add_backend(pygit2.OdbBackendLoose(str(store), -1, False), JOB_STORE_PRIORITY)
+        return repo
 
     # -- reading changes --------------------------------------------------------------------------
 
@@ -145,17 +169,19 @@ class Worktree:
     # -- writing ----------------------------------------------------------------------------------
 
     def commit(self, message: str, author_name: str, author_email: str) -> str | None:
-        """Stage everything (deletions too) and commit on the branch; None when nothing changed."""
+        """Stage everything (deletions too) and commit, pending until :meth:`push`; None when
+        nothing changed."""
         repo = self.repository()
         index = _stage_all(repo)
         tree = index.write_tree()
-        head = repo.head.peel(pygit2.Commit)
+        head = self._tip(repo)
         if tree == head.tree_id:
             return None
         _check_symlinks(repo, head.tree.diff_to_tree(repo[tree]))
         index.write()
         signature = pygit2.Signature(author_name, author_email)
-        return str(repo.create_commit("HEAD", signature, signature, message, tree, [head.id]))
+        self.pending = str(repo.create_commit(None, signature, signature, message, tree, [head.id]))
+        return self.pending
 
     def push(self) -> None:
         """Push the job branch, only if the remote still has it where this attempt saw it (absent
@@ -163,6 +189,7 @@ class Worktree:
         is sent. Forced over that one commit: a re-run after a crash starts again from base, so
         its history may legitimately differ from what an earlier attempt pushed."""
         ref = f"refs/heads/{self.branch}"
+        self._publish()
         self._mirrors.push_refspec(
             self.repository(),
             self.url,
@@ -182,14 +209,15 @@ class Worktree:
         base_tip = remote_tip(repo, self.base)
         if base_tip is None:
             raise BaseBranchMissing(self.url, self.base)
-        branch_tip = repo.head.peel(pygit2.Commit).id
+        branch_tip = self._tip(repo).id
         if base_tip == branch_tip or repo.descendant_of(base_tip, branch_tip):
             return str(base_tip)  # already merged: nothing to push
         if repo.descendant_of(branch_tip, base_tip):
             new = branch_tip
         else:
             new = self._merge_commit(repo, base_tip, branch_tip, message, author_name, author_email)
-        self._mirrors.push_refspec(repo, self.url, f"{new}:refs/heads/{self.base}")
+        self._publish()
+        self._mirrors.push_refspec(self.repository(), self.url, f"{new}:refs/heads/{self.base}")
         return str(new)
 
     def _merge_commit(
@@ -215,7 +243,7 @@ class Worktree:
     def commits(self) -> list[str]:
         """Shas on the branch since ``base_commit``, oldest first."""
         repo = self.repository()
-        walker = repo.walk(repo.head.target, SortMode.TOPOLOGICAL | SortMode.REVERSE)
+        walker = repo.walk(self._tip(repo).id, SortMode.TOPOLOGICAL | SortMode.REVERSE)
         walker.hide(self.base_commit)
         return [str(commit.id) for commit in walker]
 
@@ -230,6 +258,27 @@ class Worktree:
         _check_symlinks(repo, self._diff(repo))
 
     # -- private ----------------------------------------------------------------------------------
+
+    def _tip(self, repo: pygit2.Repository) -> pygit2.Commit:
+        """The branch's last commit: the pending one, else HEAD."""
+        if self.pending is not None:
+            return repo[self.pending].peel(pygit2.Commit)
+        return repo.head.peel(pygit2.Commit)
+
+    def _publish(self) -> None:
+        """Move the job's objects into the mirror, then point the local branch at the pending
+        commit: in that order, so no ref of the mirror ever names an object it lacks. Renames
+        within one file system are atomic, and an object already there has the same content."""
+        store = self.git_dir / JOB_STORE
+        objects = self._mirrors.mirror_path(self.url) / "objects"
+        for path in sorted(store.glob("??/*")):
+            target = objects / path.parent.name / path.name
+            target.parent.mkdir(exist_ok=True)
+            path.replace(target)
+        if self.pending is not None:
+            repo = self.repository()
+            repo.references[f"refs/heads/{self.local_branch}"].set_target(self.pending, "codeworker: commit")
+            self.pending = None
 
     def _diff(self, repo: pygit2.Repository) -> pygit2.Diff:
         """Diff HEAD against the tree a commit would record, without touching the on-disk index.

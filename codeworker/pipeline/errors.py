@@ -25,6 +25,18 @@ class OperationBusy(RetryOperation):
         )
 
 
+class ClaimVanished(RetryOperation):
+    """Redis lost the operation's claim (a failover to a replica that had not received it) while
+    this attempt ran; it stopped before pushing, so the operation runs again from the start."""
+
+    def __init__(self, operation_id: str) -> None:
+        super().__init__(
+            f"Redis lost the claim of operation {operation_id} (a failover?) before anything was "
+            "pushed; running it again",
+            1.0,
+        )
+
+
 class OperationDeferred(RetryOperation):
     """The executor asked to come back later (model API overloaded); the workspace is clean."""
 

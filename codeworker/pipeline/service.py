@@ -26,7 +26,7 @@ from codeworker.config import Settings, get_settings
 from codeworker.coordination.attempts import ClaimLost, attempt_token
 from codeworker.coordination.cancellations import Cancellations
 from codeworker.coordination.claims import FINISHED, RUNNING, Abandoned, Claim, ClaimState, OperationClaims
-from codeworker.coordination.connection import redis_client
+from codeworker.coordination.connection import redis_for
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.registry import LIVE_STATUSES, BranchRegistry, BranchStatus
@@ -37,7 +37,13 @@ from codeworker.github import PullRequests
 from codeworker.models import Cancellation, InvalidJob, Job, Result, Status, parse_job
 from codeworker.names import is_operation_id
 from codeworker.pipeline.checkpoint import Pushed
-from codeworker.pipeline.errors import OperationBusy, OperationDeferred, busy_delay, deferral_delay
+from codeworker.pipeline.errors import (
+    ClaimVanished,
+    OperationBusy,
+    OperationDeferred,
+    busy_delay,
+    deferral_delay,
+)
 from codeworker.pipeline.run import OperationRun, ProgressSink, quietly
 from codeworker.secrets.scanner import SecretScanner
 from codeworker.worker.journal import ActiveJob, ActiveJobs
@@ -65,7 +71,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, worker_pid: int | None = None) -> Pipeline:
         """``worker_pid``: the worker main process whose journal this process writes to."""
-        client = redis_client(settings.redis_url)
+        client = redis_for(settings)
         keys = Keys(settings.key_prefix)
         logs.register_credentials(settings)
         return cls(
@@ -234,8 +240,10 @@ class Pipeline:
     def _superseded(self, job: Job, own: dict[str, Any]) -> dict[str, Any]:
         """This attempt lost its claim: answer as a duplicate delivery would, so the task's stored
         result is the operation's and never this attempt's failure. The live attempt's result once
-        it is recorded; a retry while it runs; this attempt's own result only when no attempt holds
-        the operation any more (Redis lost the record, as after a restart without persistence)."""
+        it is recorded; a retry while it runs. When no attempt holds the operation any more (Redis
+        lost the record: a restart without persistence, a failover to a replica that had not
+        received it): the operation again from the start if this attempt pushed nothing, else this
+        attempt's own result, which is what reached the remote."""
         record = self.claims.get(job.operation_id) or {}
         if record.get("state") == FINISHED:
             log.warning("this attempt was superseded; answering the operation's recorded result")
@@ -244,6 +252,10 @@ class Pipeline:
             busy = OperationBusy(job.operation_id, record.get("owner"), busy_delay(1))
             log.warning("this attempt was superseded: %s", busy, extra={"lifecycle": "retried"})
             raise busy
+        if not own.get("commits"):
+            vanished = ClaimVanished(job.operation_id)
+            log.warning("%s", vanished, extra={"lifecycle": "retried"})
+            raise vanished
         log.warning(
             "this attempt lost its claim and no other attempt holds the operation (claim %s); "
             "its result stands but is not recorded",

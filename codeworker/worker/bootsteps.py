@@ -20,7 +20,7 @@ from celery import Celery, bootsteps, signals
 from celery.worker import state as worker_state
 
 from codeworker.config import get_settings
-from codeworker.coordination.connection import redis_client
+from codeworker.coordination.connection import redis_for
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.registry import BranchRegistry
 from codeworker.worker import cancelling  # noqa: F401  (registers the revoke and cancel commands)
@@ -109,14 +109,14 @@ class HttpService(bootsteps.StartStopStep):
         )
         _services.probe_queue = f"{settings.queue}.probe.{worker.hostname}"
         _services.heartbeat = heartbeat
-        _services.redis_ping = redis_ping = RedisPing(settings.redis_url)
+        _services.redis_ping = redis_ping = RedisPing(settings.redis_url, settings.redis_master_name)
         journal = ActiveJobs.of_worker(settings.workspace_root, os.getpid())
         state = WorkerState(
             hostname=worker.hostname,
             concurrency=worker.concurrency,
             health=lambda: heartbeat.check(redis_ping()),
             active_jobs=lambda: active_jobs(journal),
-            registry=BranchRegistry(redis_client(settings.redis_url), Keys(settings.key_prefix)),
+            registry=BranchRegistry(redis_for(settings), Keys(settings.key_prefix)),
             started_at=time.time(),
         )
         _services.server = HttpServer(

@@ -105,3 +105,15 @@ class Transport(kombu_redis.Transport):
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
         schedule_refresh(self, connection, loop)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The channel above, connected to the primary the sentinels name (kombu's Sentinel channel)."""
+
+
+class SentinelTransport(Transport):
+    """The transport above for ``sentinel://`` URLs: every connection asks the sentinels for the
+    current primary, so a failover costs a reconnect, not a restart."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port

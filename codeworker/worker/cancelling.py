@@ -30,7 +30,7 @@ from celery.worker.request import Request
 
 from codeworker.config import get_settings
 from codeworker.coordination.cancellations import Cancellations, CancelState, cancellation_now
-from codeworker.coordination.connection import redis_client
+from codeworker.coordination.connection import redis_for
 from codeworker.coordination.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class OperationRequest(Request):
 @lru_cache(maxsize=1)
 def _cancellations() -> Cancellations:
     settings = get_settings()
-    return Cancellations(redis_client(settings.redis_url), Keys(settings.key_prefix), settings.result_expires)
+    return Cancellations(redis_for(settings), Keys(settings.key_prefix), settings.result_expires)
 
 
 _celery_revoke = control.Panel.data["revoke"]

@@ -26,6 +26,8 @@ from typing import Any
 
 import redis
 
+from codeworker.coordination.connection import redis_client
+
 log = logging.getLogger(__name__)
 
 
@@ -52,8 +54,10 @@ class Health:
 class RedisPing:
     """PING with short timeouts, so an unreachable Redis answers ``/health`` in about a second."""
 
-    def __init__(self, url: str, timeout: float = 1.0) -> None:
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    def __init__(self, url: str, master_name: str, timeout: float = 1.0) -> None:
+        self.client = redis_client(
+            url, master_name, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=0
+        )
 
     def __call__(self) -> str | None:
         """None when Redis answers, else why not."""

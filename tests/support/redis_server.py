@@ -35,12 +35,14 @@ class RedisServer:
     on the same port and directory. ``persistence``: the server's ``--save``/``--appendonly``
     options, :data:`NO_PERSISTENCE` unless given."""
 
-    def __init__(self, persistence: Sequence[str] = NO_PERSISTENCE) -> None:
+    def __init__(self, persistence: Sequence[str] = NO_PERSISTENCE, options: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.persistence = tuple(persistence)
+        self.options = tuple(options)
+        """More of the server's options (``--replicaof host port``)."""
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cw-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,6 +60,7 @@ class RedisServer:
                 "--bind",
                 "127.0.0.1",
                 *self.persistence,
+                *self.options,
                 "--dir",
                 str(self.dir),
                 "--loglevel",

@@ -15,9 +15,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support.redis_server import free_port
 from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
+
+
+def worker_environment(
+    redis_url: str, workspace: Path, git_server: Any, github_stub: Any, token: str, api_key: str
+) -> dict[str, str]:
+    """What every end-to-end worker of the tests is started with: its Redis, its workspace, the
+    loopback stand-ins and the canary credentials; a caller adds its own settings."""
+    return {
+        "REDIS_URL": redis_url,
+        "WORKSPACE_ROOT": str(workspace),
+        "GITHUB_TOKEN": token,
+        "GITHUB_API_URL": github_stub.url,
+        "ANTHROPIC_API_KEY": api_key,
+        "CODEWORKER_ALLOWED_REPOS": git_server.base_url,
+        "CODEWORKER_LOCK_WAIT": "1",
+        "CODEWORKER_LOG_FORMAT": "json",
+        "PORT": str(free_port()),
+    }
+
+
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
 
