@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     git_read_timeout_ms: int = 120_000
     """libgit2 read timeout for fetch and push."""
 
+    git_retries: int = Field(3, ge=0)
+    """Further tries of a fetch or push that met a transient failure (refused, reset, 5xx, timeout)."""
+
+    git_retry_delay: float = Field(1.0, ge=0)
+    """Seconds before the first retry of a fetch or push; doubled for each next one (30 s at most)."""
+
     command_timeout: float = 600.0
     """Seconds a test or fix command may run before its process group is killed."""
 

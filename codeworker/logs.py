@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
+from codeworker.coordination.connection import redis_password
 from codeworker.git.auth import basic_credentials
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def register_credentials(settings: Settings) -> None:
         basic_credentials(token),
         settings.anthropic_api_key.get_secret_value(),
         settings.webhook_secret.get_secret_value(),
-        unquote(urlsplit(settings.redis_url).password or ""),
+        redis_password(settings.redis_url),
     ]
     for value in values:
         if len(value) >= MIN_SECRET:

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from codeworker.coordination.connection import SentinelUrl
 from tests.support.deploy import DEPLOY, GRACE, QUEUE_NAME, load, run, seconds, served_paths
 
 # -- docker compose ----------------------------------------------------------------------------------
@@ -51,3 +52,26 @@ def test_the_compose_file_keeps_jobs_safe():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert not source.startswith(".") or (DEPLOY / source).exists(), source
+
+
+def test_the_sentinel_variant_layers_over_the_main_file():
+    done = run(
+        *compose_client(), "-f", "docker-compose.yml", "-f", "docker-compose.sentinel.yml", "config", "-q"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_sentinel_variant_names_one_group_everywhere():
+    services = load(DEPLOY / "docker-compose.sentinel.yml")["services"]
+    worker = services["worker"]["environment"]
+    parsed = SentinelUrl.parse(worker["REDIS_URL"])
+    assert [host for host, _ in parsed.sentinels] == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert all(host in services and port == 26379 for host, port in parsed.sentinels)
+    group = worker["CODEWORKER_REDIS_MASTER_NAME"]
+    conf = (DEPLOY / "sentinel" / "sentinel.conf").read_text()
+    assert f"sentinel monitor {group} redis 6379 2" in conf
+    flower = services["flower"]["command"]
+    assert f"--broker={worker['REDIS_URL']}" in flower
+    assert f'"master_name": "{group}"' in (DEPLOY / "sentinel" / "celeryconfig.py").read_text()
+    replica = " ".join(services["redis-replica"]["command"])
+    assert "--replicaof redis 6379" in replica and "--maxmemory-policy noeviction" in replica

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from codeworker.config import Settings
+from codeworker.coordination.connection import SentinelUrl
 from tests.support.deploy import GRACE, K8S, PORT, QUEUE_NAME, load, served_paths
 
 NOT_KUBERNETES_OBJECTS = {"kustomization.yaml", "prometheus-adapter-values.yaml"}
@@ -161,3 +162,26 @@ def test_redis_keeps_what_it_holds():
     )
     keys = next(e["value"] for e in exporter["env"] if e["name"] == "REDIS_EXPORTER_CHECK_SINGLE_KEYS")
     assert f"db0={QUEUE_NAME}" in keys.split(",")
+
+
+def test_the_sentinel_overlay_replaces_redis_and_names_one_group_everywhere():
+    overlay = K8S / "overlays" / "sentinel"
+    kustomization = load(overlay / "kustomization.yaml")
+    assert kustomization["resources"] == ["../../base", "redis-sentinel.yaml"]
+    patches = [yaml.safe_load(p["patch"]) for p in kustomization["patches"]]
+    config = next(p for p in patches if isinstance(p, list) and p[0]["path"] == "/data/REDIS_URL")
+    url, group = config[0]["value"], config[1]["value"]
+    redis = by_kind("StatefulSet", "codeworker-redis-ha")
+    service = redis["spec"]["serviceName"]
+    pods = [f"{redis['metadata']['name']}-{n}.{service}" for n in range(redis["spec"]["replicas"])]
+    assert SentinelUrl.parse(url).sentinels == tuple((pod, 26379) for pod in pods)
+    data = by_kind("ConfigMap", "codeworker-redis-ha")["data"]
+    assert f"sentinel monitor {group} {pods[0]} 6379 2" in data["sentinel.conf"]
+    assert f'"master_name": "{group}"' in data["celeryconfig.py"]
+    assert "appendonly yes" in data["redis.conf"] and "maxmemory-policy noeviction" in data["redis.conf"]
+    deleted = {(p["kind"], p["metadata"]["name"]) for p in patches if isinstance(p, dict) and p.get("$patch")}
+    base = {
+        (d["kind"], d["metadata"]["name"])
+        for d in yaml.safe_load_all((K8S / "base" / "redis.yaml").read_text())
+    }
+    assert deleted == base

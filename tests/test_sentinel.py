@@ -19,13 +19,39 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from pydantic import ValidationError
 
+from codeworker.config import Settings
+from codeworker.coordination.connection import SentinelUrl, redis_password
 from codeworker.coordination.keys import Keys
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, scripted_job
 from tests.support.sentinel import MASTER, SentinelGroup
 from tests.support.waiting import wait_until
 from tests.support.worker import WorkerProcess, get, worker_environment
+
+
+def test_a_sentinel_url_is_read_as_celery_reads_it():
+    url = "sentinel://:pa%40ss@10.0.0.1:26380/2;sentinel://10.0.0.2;sentinel://10.0.0.3:26381"
+    parsed = SentinelUrl.parse(url)
+    assert parsed.sentinels == (("10.0.0.1", 26380), ("10.0.0.2", 26379), ("10.0.0.3", 26381))
+    assert parsed.db == 2 and parsed.password == "pa@ss" and redis_password(url) == "pa@ss"
+    assert Settings(redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    "url, named",
+    [
+        ("sentinel://h:26379;redis://h2:6379/0", "redis://h2"),
+        ("sentinel://", "sentinel://"),
+        ("sentinel://;", ""),
+    ],
+)
+def test_a_broken_sentinel_url_is_refused_naming_the_part(url, named):
+    with pytest.raises(ValidationError) as refused:
+        Settings(redis_url=url)
+    assert "REDIS_URL" in str(refused.value) or "redis_url" in str(refused.value)
+    assert named in str(refused.value) and ":pw@" not in str(refused.value)
 
 
 @pytest.fixture()

@@ -37,7 +37,7 @@ class SentinelUrl:
 
     @classmethod
     def parse(cls, url: str) -> SentinelUrl:
-        """Raises ValueError naming what is wrong with ``url``."""
+        """Raises ValueError naming what is wrong with ``url`` (never its password)."""
         sentinels: list[tuple[str, int]] = []
         db, username, password = 0, None, None
         for part in filter(None, (piece.strip() for piece in url.split(";"))):
@@ -47,8 +47,12 @@ class SentinelUrl:
             sentinels.append((parsed.hostname, parsed.port or DEFAULT_SENTINEL_PORT))
             if parsed.password and password is None:
                 username, password = unquote(parsed.username or "") or None, unquote(parsed.password)
-            if parsed.path.strip("/") and not sentinels[1:]:
-                db = int(parsed.path.strip("/"))
+            path = parsed.path.strip("/")
+            if path and not sentinels[1:]:
+                if not path.isdigit():
+                    where = f"sentinel://{parsed.hostname}"
+                    raise ValueError(f"the database of {where} is not a number: {path!r}")
+                db = int(path)
         if not sentinels:
             raise ValueError("a sentinel:// URL names no sentinel")
         return cls(tuple(sentinels), db, username, password)
@@ -56,6 +60,13 @@ class SentinelUrl:
 
 def is_sentinel(url: str) -> bool:
     return url.strip().startswith(f"{SENTINEL_SCHEME}://")
+
+
+def redis_password(url: str) -> str:
+    """The password ``url`` carries for Redis ("" without one), whichever form it has."""
+    if is_sentinel(url):
+        return SentinelUrl.parse(url).password or ""
+    return unquote(urlsplit(url).password or "")
 
 
 def redis_client(url: str, master_name: str = "mymaster", **options: Any) -> redis.Redis:

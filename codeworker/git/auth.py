@@ -100,7 +100,8 @@ class GitAuth(pygit2.RemoteCallbacks):
             if lease is None or update.dst_refname != lease.ref:
                 continue
             current = None if update.src == _ABSENT else str(update.src)
-            if current != lease.expected:
+            # Already at what we push: an earlier try of this push reached the server.
+            if current not in (lease.expected, str(update.dst)):
                 raise PushRejected(
                     lease.ref,
                     f"the remote has it at {current or 'nothing'}, not at {lease.expected or 'nothing'} "

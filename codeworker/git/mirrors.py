@@ -36,6 +36,7 @@ from codeworker.git.errors import (
     RepositoryTooLarge,
 )
 from codeworker.git.remote import FETCH_REFSPEC, REMOTE, clean_url, remote_tip
+from codeworker.git.retries import DEFAULT_RETRIES, GitRetries
 from codeworker.git.worktree import Worktree
 from codeworker.names import is_operation_id
 
@@ -78,11 +79,14 @@ class Mirrors:
         connect_timeout_ms: int = 10_000,
         read_timeout_ms: int = 120_000,
         max_repo_bytes: int = 0,
+        retries: GitRetries = DEFAULT_RETRIES,
     ) -> None:
         self.root = Path(root)
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         self.max_repo_bytes = max_repo_bytes
         """Largest repository accepted, in bytes of git objects and of checked-out files; 0: any."""
+        self.retries = retries
+        """How often a fetch or push that met a transient failure is tried again."""
         set_timeouts(connect_timeout_ms, read_timeout_ms)
 
     def __repr__(self) -> str:
@@ -178,6 +182,11 @@ class Mirrors:
 
     def _fetch(self, repo: pygit2.Repository, url: str) -> None:
         """Fetch every branch; prune so a deleted base branch is noticed. Caller holds the lock.
+        A transient failure is tried again (:class:`~codeworker.git.retries.GitRetries`)."""
+        self.retries.run(f"fetch from {clean_url(url)}", lambda: self._fetch_once(repo, url))
+
+    def _fetch_once(self, repo: pygit2.Repository, url: str) -> None:
+        """One try of :meth:`_fetch`.
 
         With ``max_repo_bytes`` set, the mirror's objects are measured before (a mirror already
         over the limit fails without a network round trip), during (the transfer is aborted) and
@@ -230,7 +239,16 @@ class Mirrors:
 
         Not under the mirror lock: pushing only reads objects and updates one remote-tracking ref,
         and serialising pushes would serialise every job on a repository for a network round trip.
+        A transient failure is tried again; a retry whose earlier try reached the server finds the
+        remote ref already at the pushed commit, which the lease accepts (nothing is sent again).
         """
+        dst = refspec.rsplit(":", 1)[-1]
+        self.retries.run(
+            f"push of {dst} to {clean_url(url)}", lambda: self._push_once(repo, url, refspec, lease)
+        )
+
+    def _push_once(self, repo: pygit2.Repository, url: str, refspec: str, lease: Lease | None) -> None:
+        """One try of :meth:`push_refspec`."""
         auth = self.auth()
         auth.lease = lease
         dst = refspec.rsplit(":", 1)[-1]

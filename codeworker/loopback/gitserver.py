@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hmac
 import os
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from enum import StrEnum
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +69,28 @@ class RecordedRequest:
     path: str
     """Path and query string exactly as requested."""
     headers: dict[str, str] = field(default_factory=dict)
+
+
+class Fault(StrEnum):
+    """A way the remote fails one request (:meth:`GitServer.fail_next`)."""
+
+    CLOSE = "close"
+    """The connection is closed before any answer, as a server that crashed would."""
+    STATUS_503 = "503"
+    """An HTTP 503 answer, as a proxy in front of an overloaded server gives."""
+    TRUNCATE = "truncate"
+    """The request is served (a push is applied) but the answer is cut off half way, and the
+    connection closed: a reset in the middle of the transfer."""
+    HANG = "hang"
+    """The request is read and never answered (until the server stops): a read timeout."""
+
+
+@dataclass
+class InjectedFault:
+    fault: Fault
+    path: str
+    """``/<owner>/<name>.git/<service>``: ``git-upload-pack`` (fetch) or ``git-receive-pack`` (push)."""
+    times: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._unauthorized()
             return
         body = self._read_body()
+        fault = git_server.take_fault(self.command, self.path)
+        if fault is Fault.CLOSE:
+            self.close_connection = True
+            return
+        if fault is Fault.STATUS_503:
+            self._status(503, b"service unavailable\n")
+            return
+        if fault is Fault.HANG:
+            git_server.stopping.wait()
+            self.close_connection = True
+            return
         path, _, query = self.path.partition("?")
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -150,13 +185,22 @@ class _Handler(BaseHTTPRequestHandler):
         proc = subprocess.run([str(_HTTP_BACKEND)], input=body, env=env, capture_output=True)
         if self.command == "POST" and path.endswith("/git-receive-pack"):
             git_server.record_push(path, body, encoding, proc.stdout)
-        self._relay_cgi(proc.stdout)
+        self._relay_cgi(proc.stdout, truncate=fault is Fault.TRUNCATE)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             return _read_chunked(self.rfile)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
+
+    def _status(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
 
     def _unauthorized(self) -> None:
         body = b"authentication required\n"
@@ -170,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _relay_cgi(self, output: bytes) -> None:
+    def _relay_cgi(self, output: bytes, truncate: bool = False) -> None:
         head, sep, body = output.partition(b"\r\n\r\n")
         if not sep:
             head, _, body = output.partition(b"\n\n")
@@ -187,6 +231,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if truncate:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
 
@@ -203,6 +253,30 @@ class GitServer(LoopbackServer):
         self.requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
         self._ref_updates: dict[tuple[str, str], list[RefUpdate]] = {}
+        self._faults: list[InjectedFault] = []
+        self.stopping = threading.Event()
+        """Set when the server stops: a hanging request ends then."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+        super().stop()
+
+    def fail_next(self, owner: str, name: str, fault: Fault, service: str, times: int = 1) -> None:
+        """Make the next ``times`` requests of ``owner/name`` to ``service`` (``git-upload-pack``:
+        fetch, ``git-receive-pack``: push) fail with ``fault``; ref advertisements are served."""
+        with self._requests_lock:
+            self._faults.append(InjectedFault(fault, f"/{owner}/{name}.git/{service}", times))
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        """The fault for this request, if one is due (used by the handler)."""
+        if method != "POST":
+            return None
+        with self._requests_lock:
+            for injected in self._faults:
+                if path.partition("?")[0] == injected.path and injected.times > 0:
+                    injected.times -= 1
+                    return injected.fault
+        return None
 
     @property
     def base_url(self) -> str:

@@ -33,6 +33,7 @@ from codeworker.coordination.registry import LIVE_STATUSES, BranchRegistry, Bran
 from codeworker.executors.base import Executor, RetryLater
 from codeworker.executors.registry import UnknownExecutor, load_executor
 from codeworker.git.mirrors import Mirrors
+from codeworker.git.retries import GitRetries
 from codeworker.github import PullRequests
 from codeworker.models import Cancellation, InvalidJob, Job, Result, Status, parse_job
 from codeworker.names import is_operation_id
@@ -85,6 +86,7 @@ class Pipeline:
                 settings.git_connect_timeout_ms,
                 settings.git_read_timeout_ms,
                 max_repo_bytes=settings.max_repo_bytes,
+                retries=GitRetries(settings.git_retries, settings.git_retry_delay),
             ),
             scanner=SecretScanner(settings.scanner, settings.scan_timeout),
             pulls=PullRequests(

@@ -121,6 +121,11 @@ VERIFICATIONS = Counter(
 PUSH_FAILURES = Counter(
     "codeworker_push_failures", "Pushes the remote refused or that failed.", ["operation_type"]
 )
+EXTERNAL_ERRORS = Counter(
+    "codeworker_external_errors",
+    "Failures of the services a job talks to, by service (git, github) and kind (timeout, reset...).",
+    ["service", "kind"],
+)
 PULL_REQUEST_FAILURES = Counter(
     "codeworker_pull_request_failures",
     "Pull requests that could not be opened after the branch was pushed.",
@@ -306,6 +311,10 @@ def verification(operation_type: str, verified: bool) -> None:
 
 def push_failed(operation_type: str) -> None:
     PUSH_FAILURES.labels(operation_type).inc()
+
+
+def external_error(service: str, kind: str) -> None:
+    EXTERNAL_ERRORS.labels(service, kind).inc()
 
 
 def pull_request_failed(operation_type: str) -> None:
