@@ -181,6 +181,12 @@ class Settings(BaseSettings):
     github_seconds_between_writes: float = 0.25
     """PyGithub's pause between write requests (its default of 1 s slows every PR)."""
 
+    github_timeout: float = Field(30.0, gt=0)
+    """Seconds a GitHub API request may take before it counts as failed (no answer)."""
+
+    github_rate_limit_wait: float = Field(60.0, ge=0)
+    """Longest GitHub rate limit a job waits out; a longer one sends it back to the queue."""
+
     allow_unsandboxed: bool = False
     """Run repository commands without bubblewrap when it is missing (unsafe; development only)."""
 

@@ -90,7 +90,11 @@ class Pipeline:
             ),
             scanner=SecretScanner(settings.scanner, settings.scan_timeout),
             pulls=PullRequests(
-                settings.github_api_url, settings.github_token, settings.github_seconds_between_writes
+                settings.github_api_url,
+                settings.github_token,
+                settings.github_seconds_between_writes,
+                timeout=settings.github_timeout,
+                rate_limit_wait=settings.github_rate_limit_wait,
             ),
             redis=client,
             keys=keys,

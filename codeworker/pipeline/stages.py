@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from codeworker.coordination.attempts import ClaimLost
 from codeworker.coordination.registry import BranchRecord, BranchStatus
+from codeworker.executors.base import RetryLater
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
 from codeworker.github import CheckRunReport, GitHubError
 from codeworker.models import PullRequestInfo, Result, Status
@@ -292,6 +293,10 @@ def pull_request(run: OperationRun) -> Result:
         )
     except GitHubError as exc:
         metrics.pull_request_failed(job.operation_type)
+        if exc.retry_after is not None and not run.final_attempt:
+            # Rate limited for longer than a job waits: back to the queue (its locks released);
+            # the next attempt finds the branch pushed and goes checkout -> resume -> PR.
+            raise RetryLater(f"branch pushed, pull request rate limited: {exc}", exc.retry_after) from exc
         return run.result(Status.PUSHED, error=f"branch pushed, pull request failed: {exc}")
     run.p.registry.transition(
         run.repo, run.branch, BranchStatus.PR_OPEN, attempt=run.attempt, pr_number=pr.number, pr_url=pr.url

@@ -38,6 +38,11 @@ class Fault:
     status: int
     after_processing: bool
     remaining: int
+    message: str = "Server Error"
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers of the failing answer (``Retry-After``, ``X-RateLimit-*``), over the usual ones."""
+    delay: float = 0.0
+    """Seconds the answer is held back (a client with a shorter timeout never sees it)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -48,6 +49,12 @@ class GitHubStub(LoopbackServer):
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1000)
+        self.stopping = threading.Event()
+        """Set when the stand-in stops: an answer held back (``delay_next``) goes out then."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+        super().stop()
 
     @property
     def url(self) -> str:
@@ -94,6 +101,44 @@ class GitHubStub(LoopbackServer):
                 Fault(method.upper(), re.compile(path_regex), status, after_processing, times)
             )
 
+    def rate_limit_next(
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        status: int = 403,
+        retry_after: int | None = None,
+        reset_in: int | None = None,
+        secondary: bool = False,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching requests as GitHub answers a rate limit, before
+        doing anything: ``retry_after`` as ``Retry-After``, ``reset_in`` seconds as a primary
+        limit's ``X-RateLimit-Remaining: 0`` and ``X-RateLimit-Reset``, ``secondary`` with
+        GitHub's secondary-limit message."""
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if reset_in is not None:
+            headers |= {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + reset_in)}
+        message = (
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+            if secondary
+            else "API rate limit exceeded for user ID 1."
+        )
+        with self._lock:
+            self._faults.append(
+                Fault(method.upper(), re.compile(path_regex), status, False, times, message, headers)
+            )
+
+    def delay_next(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
+        """Do the next ``times`` matching requests, then hold each answer back ``seconds``: a
+        client whose timeout is shorter sees no answer although the work was done."""
+        with self._lock:
+            self._faults.append(
+                Fault(method.upper(), re.compile(path_regex), 200, True, times, delay=seconds)
+            )
+
     def requests_for(self, method: str, path_regex: str) -> list[RecordedRequest]:
         """Recorded requests with this method whose path, without the query, matches ``path_regex``
         (``re.search``), as ``fail_next`` matches them."""
@@ -107,20 +152,23 @@ class GitHubStub(LoopbackServer):
 
     # -- dispatch (called from handler threads) ----------------------------------------------
 
-    def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: JSON) -> Reply:
+    def _handle(
+        self, method: str, raw_path: str, headers: dict[str, str], body: JSON
+    ) -> tuple[Reply, Fault | None]:
+        """The answer, and the fault that shaped it (its headers and delay are the handler's)."""
         split = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         with self._lock:
             self.requests.append(RecordedRequest(method, raw_path, headers, body))
             fault = self._take_fault(method, split.path)
             if fault is not None and not fault.after_processing:
-                return error_reply(fault.status, "Server Error")
+                return error_reply(fault.status, fault.message), fault
             if not self._authorized(headers):
-                return error_reply(401, "Bad credentials")
+                return error_reply(401, "Bad credentials"), None
             reply = self._route(method, split.path, query, body)
-            if fault is not None:
-                return error_reply(fault.status, "Server Error")
-            return reply
+            if fault is not None and fault.delay == 0:
+                return error_reply(fault.status, fault.message), fault
+            return reply, fault
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self._faults:
@@ -224,21 +272,28 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body: JSON = json.loads(raw) if raw else None
         except ValueError:
-            status, payload = error_reply(400, "Problems parsing JSON")
+            (status, payload), fault = error_reply(400, "Problems parsing JSON"), None
         else:
-            status, payload = self.server.owner._handle(
+            (status, payload), fault = self.server.owner._handle(
                 self.command, self.path, dict(self.headers.items()), body
             )
+        if fault is not None and fault.delay:
+            self.server.owner.stopping.wait(fault.delay)
         data = json.dumps(payload).encode()
         self.send_response(status, HTTPStatus(status).phrase)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-GitHub-Media-Type", "github.v3; format=json")
-        self.send_header("X-RateLimit-Limit", "5000")
-        self.send_header("X-RateLimit-Remaining", "4999")
-        self.send_header("X-RateLimit-Reset", "4102444800")
-        self.send_header("X-RateLimit-Used", "1")
-        self.send_header("X-RateLimit-Resource", "core")
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Content-Length": str(len(data)),
+            "X-GitHub-Media-Type": "github.v3; format=json",
+            "X-RateLimit-Limit": "5000",
+            "X-RateLimit-Remaining": "4999",
+            "X-RateLimit-Reset": "4102444800",
+            "X-RateLimit-Used": "1",
+            "X-RateLimit-Resource": "core",
+            **(fault.headers if fault is not None else {}),
+        }
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
