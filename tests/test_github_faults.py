@@ -107,3 +107,22 @@ def test_a_long_rate_limit_sends_the_job_back_and_the_next_attempt_only_opens_th
     opened_once(result, github_stub, name)
     assert [u for u in git_server.ref_updates("acme", name) if u.accepted] == pushed  # not pushed again
     assert result["commits"] == [pushed[0].new]
+
+
+def test_a_pushed_result_is_completed_by_sending_the_operation_again(quick, git_server, github_stub):
+    name, url = new_repo(git_server)
+    github_stub.fail_next("POST", PULLS, status=502, after_processing=False, times=3)  # every try
+    job = scripted_job(url, name, CHANGE)
+
+    first = quick.run(job, "refactor")
+
+    assert first["status"] == "pushed" and "502" in first["error"], first
+    pushed = [u for u in git_server.ref_updates("acme", name) if u.accepted]
+    assert len(pushed) == 1
+
+    again = quick.run(job, "refactor")
+
+    opened_once(again, github_stub, name)
+    assert again["commits"] == first["commits"]
+    assert [u for u in git_server.ref_updates("acme", name) if u.accepted] == pushed
+    assert quick.run(job, "refactor") == again  # now final: a third send answers the same result

@@ -47,7 +47,15 @@ CLAIM_SCRIPT = LuaScript(
 -- ARGV[1] new owner, ARGV[2] heartbeat ttl ms, ARGV[3] record ttl ms, ARGV[4] now, ARGV[5] operation id
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'finished' then
-    return {'finished', redis.call('HGET', KEYS[1], 'result') or 'null'}
+    local result = redis.call('HGET', KEYS[1], 'result') or 'null'
+    -- A branch pushed whose pull request failed is completed by the next send: it resumes from the
+    -- checkpoint (opens the PR, pushes nothing). Any other result is final.
+    local ok, decoded = pcall(cjson.decode, result)
+    local pushed_only = ok and type(decoded) == 'table' and decoded['status'] == 'pushed'
+    if not (pushed_only and redis.call('HEXISTS', KEYS[1], 'pushed') == 1) then
+        return {'finished', result}
+    end
+    state = 'resumable'
 end
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -76,7 +84,8 @@ return {'claimed', stalled, counts[1] or '0', counts[2] or '0', counts[3] or '',
 """Answer the stored result, or who is busy with it (counting the wait), or take it for ARGV[1]
 (counting a stall when the previous owner's heartbeat ran out while it was running), with the
 checkpoint an earlier attempt left when its branch reached the remote and the cancellation
-recorded for it, if any."""
+recorded for it, if any. A finished operation whose result is ``pushed`` (the pull request
+failed) and that has a checkpoint is taken again: sending it once more completes it."""
 
 PROCEED_SCRIPT = LuaScript(
     """
