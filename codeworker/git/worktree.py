@@ -287,7 +287,7 @@ class Worktree:
         (untracked files included, ignored ones not). FORCE_TEXT keeps binary files line-diffable.
         """
         tree = repo[_stage_all(repo).write_tree()]
-        head_tree = repo.head.peel(pygit2.Commit).tree
+        head_tree = self._tip(repo).tree
         return head_tree.diff_to_tree(tree, flags=pygit2.enums.DiffOption.FORCE_TEXT, context_lines=0)
 
 
