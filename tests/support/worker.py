@@ -34,6 +34,9 @@ def worker_environment(
         "ANTHROPIC_API_KEY": api_key,
         "CODEWORKER_ALLOWED_REPOS": git_server.base_url,
         "CODEWORKER_LOCK_WAIT": "1",
+        # A worker stopped at the end of a module soft-shuts down for this long whenever Celery
+        # still counts a request as its own; the default 30 s would be spent idle in every such stop.
+        "CODEWORKER_SHUTDOWN_GRACE": "3",
         "CODEWORKER_LOG_FORMAT": "json",
         "PORT": str(free_port()),
     }
