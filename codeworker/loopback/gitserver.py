@@ -193,8 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _status(self, status: int, body: bytes) -> None:
+    def _status(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """A plain-text answer that closes the connection: the request body may be unread, and
+        the next request on this socket must not be confused by it."""
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
@@ -203,16 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _unauthorized(self) -> None:
-        body = b"authentication required\n"
-        self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Basic realm="git"')
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        # The request body was not read; closing keeps the next request on this socket unconfused.
-        self.send_header("Connection", "close")
-        self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        self._status(401, b"authentication required\n", {"WWW-Authenticate": 'Basic realm="git"'})
 
     def _relay_cgi(self, output: bytes, truncate: bool = False) -> None:
         head, sep, body = output.partition(b"\r\n\r\n")
