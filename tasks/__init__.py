@@ -43,7 +43,7 @@ def run_operation(
             redelivered=bool((task.request.delivery_info or {}).get("redelivered")),
         )
     except RetryOperation as later:
-        raise task.retry(countdown=later.retry_after, max_retries=None) from None
+        raise task.retry(countdown=later.retry_after) from None
     if result["status"] == Status.CANCELLED:
         raise JobCancelled(result["error"])
     return result
@@ -59,4 +59,7 @@ def operation_task(module: str, doc: str | None) -> Task:
     run.__doc__ = (doc or "").partition(": ")[2] or doc
     run.__name__ = run.__qualname__ = operation_type.value
     run.__module__ = module
-    return app.task(name=operation_type.task_name, bind=True, Request=OperationRequest)(run)
+    # No Celery retry limit: the pipeline bounds each kind of retry itself (busy waits, deferrals,
+    # stalls), and Celery's default of 3 cut a duplicate's busy waits short with
+    # MaxRetriesExceededError (``retry(max_retries=None)`` means "the task's default", not "none").
+    return app.task(name=operation_type.task_name, bind=True, Request=OperationRequest, max_retries=None)(run)

@@ -77,10 +77,21 @@ class SentinelGroup:
         others = [f"sentinel://127.0.0.1:{sentinel.port}" for sentinel in rest]
         return ";".join([f"sentinel://127.0.0.1:{first.port}/{db}", *others])
 
-    def primary_port(self) -> int:
-        with self.sentinels[0].client() as client:
-            _, port = client.sentinel_get_master_addr_by_name(MASTER)
-            return int(port)
+    def _promoted(self, old: int) -> int | None:
+        """The new primary's port once every sentinel names it, it is not ``old``, it answers as a
+        primary and no sentinel holds it down; else None."""
+        ports = set()
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                state = client.sentinel_master(MASTER)
+                if state.get("is_sdown") or state.get("is_odown"):
+                    return None
+                ports.add(int(state["port"]))
+        if len(ports) != 1 or old in ports:
+            return None
+        (port,) = ports
+        with redis.Redis(port=port, decode_responses=True, socket_timeout=2) as client:
+            return port if client.info("replication").get("role") == "master" else None
 
     def _replicating(self) -> bool:
         with redis.Redis(port=self.replica.port, decode_responses=True) as client:
@@ -117,9 +128,7 @@ class SentinelGroup:
         self.primary.process.kill()
         self.primary.process.wait()
         self.primary.process = None
-        return wait_until(
-            lambda: (port := self.primary_port()) != old and port, 60, "the sentinels promoting the replica"
-        )
+        return wait_until(lambda: self._promoted(old), 60, "every sentinel naming the promoted replica")
 
     def close(self) -> None:
         for sentinel in self.sentinels:
