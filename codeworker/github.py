@@ -102,6 +102,10 @@ class GitHubError(Exception):
         """For a rate limit: seconds until GitHub accepts requests again."""
 
 
+def _status_kind(status: int | None) -> str:
+    return "server_error" if status is not None and status >= 500 else "client_error"
+
+
 def rate_limit_wait(exc: GithubException, now: float) -> float | None:
     """Seconds GitHub asks the client to wait before trying again, when ``exc`` is a rate limit;
     None for any other failure. ``now``: the epoch time the answer came."""
@@ -299,13 +303,7 @@ class PullRequests:
         except GithubException as exc:
             retry_after = rate_limit_wait(exc, time.time())
             status = exc.status
-            kind = (
-                "rate_limited"
-                if retry_after is not None
-                else "server_error"
-                if status is not None and status >= 500
-                else "client_error"
-            )
+            kind = "rate_limited" if retry_after is not None else _status_kind(status)
             metrics.external_error("github", kind)
             message = f"GitHub API {status} while {action}: {_github_message(exc)}"
             if retry_after is not None:

@@ -43,7 +43,7 @@ MAX_DELAY = 30.0
 
 def transient_kind(exc: BaseException) -> str | None:
     """The kind of a failure worth another try, None for one that would only repeat."""
-    if isinstance(exc, PushRejected) or (isinstance(exc, GitError) and type(exc) is not GitError):
+    if type(exc) is not GitError:  # a rejection, a refused token, a size limit, a missing branch
         return None
     text = str(exc).lower()
     for kind, hints in TRANSIENT.items():

@@ -271,7 +271,7 @@ class Worktree:
         within one file system are atomic, and an object already there has the same content."""
         store = self.git_dir / JOB_STORE
         objects = self._mirrors.mirror_path(self.url) / "objects"
-        for path in sorted(store.glob("??/*")):
+        for path in store.glob("??/*"):
             target = objects / path.parent.name / path.name
             target.parent.mkdir(exist_ok=True)
             path.replace(target)
