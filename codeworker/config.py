@@ -131,8 +131,13 @@ class Settings(BaseSettings):
     lock_ttl: float = 60.0
     """Seconds a file lock lives unless the watchdog renews it (renewed every third of it)."""
 
-    lock_wait: float = 30.0
-    """Seconds a job waits for a held file lock before failing; 0 fails at once."""
+    lock_wait: float = 5.0
+    """Seconds a job waits in its worker slot for a held file lock before giving the slot back
+    (re-queued with a countdown, its locks released); 0 gives it back at once."""
+
+    lock_wait_total: float = 3600.0
+    """Seconds an operation may wait in all for files another operation holds before it fails,
+    naming the holder."""
 
     claim_ttl: float = 30.0
     """Seconds an operation's heartbeat lives; a claim with a dead heartbeat can be taken over."""

@@ -104,8 +104,14 @@ def script_calls(client: redis.Redis) -> int:
     return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
-def test_wait_then_succeed_when_holder_releases(redis_client, keys):
-    holder = make(redis_client, keys, "op-holder")
+def subscribers(client: redis.Redis, keys: Keys) -> int:
+    return dict(client.pubsub_numsub(keys.released(REPO)))[keys.released(REPO)]
+
+
+def test_a_release_wakes_the_waiter_at_once(redis_client, keys):
+    # The holder's lock would live two minutes: only the release's message can wake the waiter
+    # within the join below.
+    holder = make(redis_client, keys, "op-holder", ttl=120)
     holder.acquire(["a.py"], wait=0)
     waiter = make(redis_client, keys, "op-waiter")
     before = script_calls(redis_client)
@@ -113,22 +119,59 @@ def test_wait_then_succeed_when_holder_releases(redis_client, keys):
 
     def take() -> None:
         try:
-            result["token"] = waiter.acquire(["a.py"], wait=10)
+            result["token"] = waiter.acquire(["a.py"], wait=60)
         except Exception as exc:  # surfaced by the assertion below
             result["error"] = exc
 
     thread = threading.Thread(target=take)
     thread.start()
-    # Release only once the waiter has been refused and has retried at least once.
+    # Release only once the waiter listens and has been refused after subscribing.
+    assert wait_until(lambda: subscribers(redis_client, keys) == 1)
     assert wait_until(lambda: script_calls(redis_client) >= before + 2)
     assert thread.is_alive()
     assert "token" not in result
     holder.release()
     thread.join(10)
 
+    assert not thread.is_alive(), "the release did not wake the waiter"
     assert "error" not in result
     assert result["token"] == 2
     assert redis_client.hget(keys.lock(REPO, "a.py"), "owner") == waiter.owner
+    assert subscribers(redis_client, keys) == 0
+
+
+def test_a_lock_that_expires_wakes_the_waiter(redis_client, keys):
+    # A holder that died releases nothing: the waiter tries again when the lock's TTL runs out.
+    make(redis_client, keys, "op-dead", ttl=0.3).acquire(["a.py"], wait=0)
+    waiter = make(redis_client, keys, "op-waiter")
+    assert waiter.acquire(["a.py"], wait=30) == 2
+
+
+class CountingConnection(redis.Connection):
+    """Counts what it sends: one packed send is one round trip (a pipeline's too)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: object, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_one_round_trip_to_take_or_release_any_number_of_files(redis_server, keys):
+    client = redis.Redis.from_url(
+        redis_server.url, decode_responses=True, connection_class=CountingConnection
+    )
+    locks = make(client, keys, "op-many")
+    locks.acquire(["warm.py"], wait=0)  # loads the scripts (EVALSHA, NOSCRIPT, SCRIPT LOAD)
+    locks.release()
+    for count in (1, 10, 100):
+        paths = [f"pkg/m{count}_{n}.py" for n in range(count)]
+        before = CountingConnection.sent
+        locks.acquire(paths, wait=5)
+        assert CountingConnection.sent - before == 1, count
+        locks.release()
+        assert CountingConnection.sent - before == 2, count
+    client.close()
 
 
 def test_wait_then_fail_names_the_holder(redis_client, keys):

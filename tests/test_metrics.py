@@ -26,8 +26,8 @@ RECORD = textwrap.dedent(
     metrics.job_started("refactor", redelivered=True)
     metrics.stage_duration("checkout", 0.2)
     metrics.stage_duration("execute", 3.0)
-    metrics.lock_wait("refactor", 0.01, acquired=True)
-    metrics.lock_wait("refactor", 1.5, acquired=False)
+    metrics.lock_wait("refactor", 0.01, "acquired")
+    metrics.lock_wait("refactor", 1.5, "conflict")
     metrics.secret_scan(
         [SecretFinding(severity="HIGH", **finding), SecretFinding(severity="MEDIUM", **finding)],
         [SecretFinding(severity="HIGH", **finding)],

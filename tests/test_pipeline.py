@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -10,12 +11,12 @@ import uuid
 import pytest
 
 from codeworker.coordination.keys import Keys, repo_id
-from codeworker.coordination.locks import FileLocks
+from codeworker.coordination.locks import FileLocks, list_locks
 from codeworker.coordination.registry import BranchStatus
 from codeworker.executors.base import Outcome, RetryLater, Workspace
 from codeworker.loopback.gitserver import GitServer
 from codeworker.models import Job
-from codeworker.pipeline.errors import OperationDeferred
+from codeworker.pipeline.errors import LockDeferred, OperationDeferred
 from codeworker.pipeline.run import OperationRun, branch_name
 from codeworker.pipeline.service import Pipeline
 from tests.support.pipeline_runs import FnExecutor, make_job, run, with_executor
@@ -247,6 +248,64 @@ def test_the_last_deferral_fails_the_job(pipe, repo):
     assert delays == [min(600, 30 * 2**n) for n in range(pipe.settings.max_deferrals)]
     assert result["status"] == "failed" and "gave up after" in result["error"]
     assert pipe.claims.get(job.operation_id)["deferrals"] == pipe.settings.max_deferrals
+
+
+def test_a_job_whose_files_are_locked_gives_its_slot_back_and_runs_once_they_are_free(pipe, repo, git_server):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+    raw = job.model_dump(mode="json")
+    other = FileLocks(pipe.redis, pipe.keys, repo_id(url), "op-other", ttl=30)
+    other.acquire(["app.py"], wait=0)
+    change = with_executor(
+        pipe, FnExecutor(lambda ws: ws.write_file("app.py", "def answer():\n    return 43\n"))
+    )
+
+    delays = []
+    for _ in range(3):
+        with pytest.raises(LockDeferred) as deferred:
+            change.run(raw, "refactor")
+        assert "app.py is locked by operation op-other" in str(deferred.value)
+        delays.append(deferred.value.retry_after)
+        # Nothing of the job stays while it waits: no lock, no worktree, no journal entry.
+        assert [lock.holder for lock in list_locks(pipe.redis, pipe.keys)] == ["op-other"]
+        assert list((pipe.settings.workspace_root / "worktrees").glob(f"{job.operation_id}.*")) == []
+        assert pipe.journal.all() == []
+        assert pipe.registry.get(repo_id(url), branch_name(job)).status == BranchStatus.ABANDONED
+    assert delays == [1, 2, 4]
+    record = pipe.claims.get(job.operation_id)
+    assert record["state"] == "abandoned" and record["lock_waits"] == 3 and record["lock_wait_since"]
+
+    other.release()
+    result = change.run(raw, "refactor")
+
+    assert result["status"] == "pr_open", result["error"]
+    assert sorted(git_server.branches("acme", name)) == sorted(["main", branch_name(job)])
+    assert "lock_wait_since" not in pipe.claims.get(job.operation_id)
+    assert_clean(pipe, job)
+
+
+def test_a_job_that_waited_longer_than_the_total_fails_naming_the_holder(pipe, repo, git_server):
+    name, url = repo
+    job = make_job(pipe, url, name, target_files=["app.py"])
+    raw = job.model_dump(mode="json")
+    other = FileLocks(pipe.redis, pipe.keys, repo_id(url), "op-holder", ttl=30)
+    other.acquire(["app.py"], wait=0)
+    patient = dataclasses.replace(pipe, settings=pipe.settings.model_copy(update={"lock_wait_total": 0.5}))
+    change = with_executor(patient, FnExecutor(lambda ws: ws.write_file("app.py", "x = 1\n")))
+    with pytest.raises(LockDeferred) as deferred:
+        change.run(raw, "refactor")
+    assert 0 < deferred.value.retry_after <= 0.5  # never past the total
+    # The operation started waiting before this attempt: the total counts from then.
+    pipe.redis.hset(pipe.keys.claim(job.operation_id), "lock_wait_since", time.time() - 1)
+
+    result = change.run(raw, "refactor")
+
+    assert result["status"] == "failed"
+    assert "app.py is locked by operation op-holder" in result["error"]
+    assert "CODEWORKER_LOCK_WAIT_TOTAL" in result["error"]
+    assert git_server.branches("acme", name) == ["main"]
+    other.release()
+    assert_clean(pipe, job)
 
 
 def test_a_killed_job_is_abandoned_from_its_journal_entry(pipe, repo, git_server, tmp_path):

@@ -75,16 +75,18 @@ redis.call('HDEL', KEYS[1], 'result', 'finished_at')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-local counts = redis.call('HMGET', KEYS[1], 'stalls', 'deferrals', 'pushed')
+local counts = redis.call('HMGET', KEYS[1], 'stalls', 'deferrals', 'pushed', 'lock_waits', 'lock_wait_since')
 local cancelled = ''
 for i = 3, #KEYS do cancelled = cancelled ~= '' and cancelled or redis.call('GET', KEYS[i]) or '' end
-return {'claimed', stalled, counts[1] or '0', counts[2] or '0', counts[3] or '', cancelled}
+return {'claimed', stalled, counts[1] or '0', counts[2] or '0', counts[3] or '', cancelled,
+        counts[4] or '0', counts[5] or ''}
 """
 )
 """Answer the stored result, or who is busy with it (counting the wait), or take it for ARGV[1]
 (counting a stall when the previous owner's heartbeat ran out while it was running), with the
 checkpoint an earlier attempt left when its branch reached the remote and the cancellation
-recorded for it, if any. A finished operation whose result is ``pushed`` (the pull request
+recorded for it, if any, and how often and since when it has waited for files another operation
+held. A finished operation whose result is ``pushed`` (the pull request
 failed) and that has a checkpoint is taken again: sending it once more completes it."""
 
 PROCEED_SCRIPT = LuaScript(
@@ -124,19 +126,21 @@ SETTLE_SCRIPT = LuaScript(
     """
 -- KEYS[1] record, KEYS[2] heartbeat
 -- ARGV[1] owner, ARGV[2] new state, ARGV[3] result JSON or '', ARGV[4] record ttl ms, ARGV[5] now,
--- ARGV[6] counter to increment ('stalls', 'deferrals') or ''
+-- ARGV[6] counter to increment ('stalls', 'deferrals', 'lock_waits') or ''
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
     return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished_at', ARGV[5])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[6], 1) end
+if ARGV[6] == 'lock_waits' then redis.call('HSETNX', KEYS[1], 'lock_wait_since', ARGV[5]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 )
-"""End a running claim that is still ours (finished with a result, or abandoned, counting why)."""
+"""End a running claim that is still ours (finished with a result, or abandoned, counting why; a
+wait for locks also records when the operation's waiting began, if it was not waiting already)."""
 
 
 class ClaimState(StrEnum):
@@ -157,6 +161,8 @@ class Abandoned(StrEnum):
     """Its process died (killed, out of memory, hard time limit)."""
     DEFERRED = "deferrals"
     """The executor asked to come back later (model API overloaded)."""
+    LOCK_WAIT = "lock_waits"
+    """Files it needs are locked by another operation; it gave its worker slot back."""
     REQUEUED = ""
     """A shutdown cancelled it; not held against the operation."""
 
@@ -180,6 +186,10 @@ class Claim:
     """The checkpoint (JSON) an earlier attempt recorded when its branch reached the remote."""
     cancellation: Cancellation | None = None
     """The operation was cancelled before this attempt claimed it: it ends without running."""
+    lock_waits: int = 0
+    """Attempts that gave their slot back because another operation held files they needed."""
+    lock_wait_since: float | None = None
+    """When the operation began waiting for locks (wall clock), while it waits; else None."""
 
 
 class OperationClaims:
@@ -217,6 +227,8 @@ class OperationClaims:
             deferrals=int(reply[3]),
             pushed=reply[4] or None,
             cancellation=Cancellation.model_validate_json(reply[5]) if reply[5] else None,
+            lock_waits=int(reply[6]),
+            lock_wait_since=float(reply[7]) if reply[7] else None,
         )
 
     def attempt(self, operation_id: str, owner: str) -> Attempt:
@@ -266,6 +278,10 @@ class OperationClaims:
         """
         self._settle(operation_id, owner, ABANDONED, "", why)
 
+    def locks_taken(self, operation_id: str) -> None:
+        """The operation's wait for locks is over: a later wait counts from its own start."""
+        self.client.hdel(self.keys.claim(operation_id), "lock_wait_since")
+
     def get(self, operation_id: str) -> dict[str, Any] | None:
         """The record as an operator sees it (``codeworker status``), or None."""
         record_key, beat_key = self._keys(operation_id)
@@ -279,10 +295,10 @@ class OperationClaims:
         record: dict[str, Any] = dict(fields)
         if "result" in record:
             record["result"] = json.loads(record["result"])
-        for name in ("claimed_at", "finished_at"):
+        for name in ("claimed_at", "finished_at", "lock_wait_since"):
             if name in record:
                 record[name] = float(record[name])
-        for name in ("attempts", "stalls", "deferrals", "busy_waits"):
+        for name in ("attempts", "stalls", "deferrals", "busy_waits", "lock_waits"):
             if name in record:
                 record[name] = int(record[name])
         record["expires_in"] = record_pttl / 1000 if record_pttl >= 0 else None

@@ -3,6 +3,7 @@
     {prefix}:lock:{repo}:{path}          hash    file lock: owner (per-attempt token), operation_id,
                                                  repo, path (PX = lock TTL)
     {prefix}:fence:{repo}                counter fencing tokens handed out per repository
+    {prefix}:released:{repo}             channel published to when locks of a repository are released
     {prefix}:op:{operation_id}           hash    idempotency claim: state, owner, result, counts,
                                                  pushed (the checkpoint of a push)
     {prefix}:op:{operation_id}:beat      string  owner of a running claim (PX = claim TTL)
@@ -48,6 +49,10 @@ class Keys:
 
     def fence(self, repo: str) -> str:
         return f"{self.prefix}:fence:{repo}"
+
+    def released(self, repo: str) -> str:
+        """Pub/sub channel (not a key) that wakes jobs waiting for a lock of ``repo``."""
+        return f"{self.prefix}:released:{repo}"
 
     def claim(self, operation_id: str) -> str:
         return f"{self.prefix}:op:{operation_id}"

@@ -8,13 +8,19 @@ fencing token), and the previous attempt, if it still runs, finds the lock lost.
 exact on that token.
 
 Acquisition of all the files of a job is one Lua step (all or none) that also hands out a fencing
-token from the repository's counter. A :class:`~codeworker.coordination.watchdog.LockWatchdog`
-renews the locks every TTL/3; a job whose lock was lost (expired, or taken by someone else after
-expiry) sees it through :meth:`FileLocks.verify` and stops before it pushes.
+token from the repository's counter; release is one step too, whatever the number of files. A
+release publishes on the repository's channel (:meth:`Keys.released`), so a job waiting for a lock
+tries again the moment it is freed rather than on a polling tick; a lock that expires (its holder
+died) publishes nothing, so the waiter also tries again when the conflicting lock's TTL runs out.
+
+A :class:`~codeworker.coordination.watchdog.LockWatchdog` renews the locks every TTL/3; a job
+whose lock was lost (expired, or taken by someone else after expiry) sees it through
+:meth:`FileLocks.verify` and stops before it pushes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -40,7 +46,7 @@ local owner = ARGV[1]
 for i = 2, #KEYS do
     local current = redis.call('HGET', KEYS[i], 'owner')
     if current and current ~= owner and redis.call('HGET', KEYS[i], 'operation_id') ~= ARGV[3] then
-        return {0, i - 1, current}
+        return {0, i - 1, current, redis.call('PTTL', KEYS[i])}
     end
 end
 for i = 2, #KEYS do
@@ -51,7 +57,8 @@ end
 return {1, redis.call('INCR', KEYS[1])}
 """
 )
-"""Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner}``.
+"""Take every lock or none; answer ``{1, token}`` or ``{0, index of the conflict, its owner, its
+TTL in ms}``.
 
 A lock held by an earlier attempt of the same operation is taken over rather than waited for: only
 the attempt holding the operation's claim acquires locks (the guard checks it in the same step), so
@@ -75,7 +82,7 @@ return lost
 
 RELEASE_SCRIPT = LuaScript(
     """
--- KEYS lock keys; ARGV[1] owner
+-- KEYS lock keys; ARGV[1] owner, ARGV[2] the repository's release channel
 local released = 0
 for i = 1, #KEYS do
     if redis.call('HGET', KEYS[i], 'owner') == ARGV[1] then
@@ -83,10 +90,12 @@ for i = 1, #KEYS do
         released = released + 1
     end
 end
+if released > 0 then redis.call('PUBLISH', ARGV[2], released) end
 return released
 """
 )
-"""Delete only the locks whose owner is ours; answer how many were deleted."""
+"""Delete only the locks whose owner is ours, waking whoever waits for a lock of the repository;
+answer how many were deleted."""
 
 
 class LockError(Exception):
@@ -96,10 +105,12 @@ class LockError(Exception):
 class LockHeld(LockError):
     """Another operation holds a file we need."""
 
-    def __init__(self, path: str, holder: str) -> None:
+    def __init__(self, path: str, holder: str, expires_in: float | None = None) -> None:
         super().__init__(f"{path} is locked by operation {holder}")
         self.path = path
         self.holder = holder
+        self.expires_in = expires_in
+        """Seconds until the holder's lock expires unless renewed (None: unknown)."""
 
 
 class LockLost(LockError):
@@ -178,23 +189,35 @@ class FileLocks:
         return self._token
 
     def acquire(self, paths: Sequence[str], wait: float) -> int:
-        """Lock every path or none, retrying for up to ``wait`` seconds; answer a fencing token.
+        """Lock every path or none, waiting up to ``wait`` seconds; answer a fencing token.
 
-        Paths we already hold count as free (re-entrant) and get their TTL refreshed.
+        Paths we already hold count as free (re-entrant) and get their TTL refreshed. A wait
+        listens on the repository's release channel, subscribed before the next try so that no
+        release between a try and the wait is missed, and tries again on every release and when
+        the conflicting lock would expire.
         """
         wanted = list(dict.fromkeys(relative_path(path) for path in paths))
-        deadline = time.monotonic() + max(wait, 0.0)
-        delay = 0.01
-        while True:
-            conflict = self._try_acquire(wanted)
-            if isinstance(conflict, int):
-                return conflict
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise conflict
-            # Full jitter keeps racing workers from retrying in lock step.
-            time.sleep(min(remaining, random.uniform(0, delay)))  # noqa: S311 (jitter, not crypto)
-            delay = min(delay * 2, 0.25)
+        conflict = self._try_acquire(wanted)
+        if isinstance(conflict, int) or wait <= 0:
+            return self._token_or_raise(conflict)
+        deadline = time.monotonic() + wait
+        with contextlib.closing(self.client.pubsub(ignore_subscribe_messages=True)) as releases:
+            releases.subscribe(self.keys.released(self.repo))
+            while True:
+                conflict = self._try_acquire(wanted)
+                remaining = deadline - time.monotonic()
+                if isinstance(conflict, int) or remaining <= 0:
+                    return self._token_or_raise(conflict)
+                expiry = conflict.expires_in if conflict.expires_in is not None else remaining
+                # Jitter on the expiry keeps waiters of a dead holder from retrying in lock step.
+                timeout = min(remaining, expiry + random.uniform(0, 0.05))  # noqa: S311 (jitter)
+                releases.get_message(timeout=max(timeout, 0.001))
+
+    @staticmethod
+    def _token_or_raise(outcome: int | LockHeld) -> int:
+        if isinstance(outcome, LockHeld):
+            raise outcome
+        return outcome
 
     def acquire_one(self, path: str) -> int:
         """Lock one more file while the job runs, without waiting; answer a new fencing token."""
@@ -230,7 +253,9 @@ class FileLocks:
         with self._mutex:
             if self._held:
                 RELEASE_SCRIPT(
-                    keys=[self._key(path) for path in self._held], args=[self.owner], client=self.client
+                    keys=[self._key(path) for path in self._held],
+                    args=[self.owner, self.keys.released(self.repo)],
+                    client=self.client,
                 )
             self._held.clear()
             self._lost.clear()
@@ -255,7 +280,9 @@ class FileLocks:
                 client=self.client,
             )
             if int(reply[0]) == 0:
-                return LockHeld(paths[int(reply[1]) - 1], holder_of(reply[2]))
+                pttl = int(reply[3])
+                expires_in = pttl / 1000 if pttl >= 0 else None
+                return LockHeld(paths[int(reply[1]) - 1], holder_of(reply[2]), expires_in)
             self._token = int(reply[1])
             for path in paths:
                 self._lost.discard(path)

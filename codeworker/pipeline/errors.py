@@ -37,6 +37,16 @@ class ClaimVanished(RetryOperation):
         )
 
 
+class LockDeferred(RetryOperation):
+    """Files the job needs are locked by another operation: the job gives its worker slot back,
+    releasing what it took, and comes back after ``retry_after`` seconds."""
+
+    def __init__(self, held: str, waited: float, retry_after: float) -> None:
+        super().__init__(
+            f"{held}; waited {waited:.0f}s so far, trying again in {retry_after:.0f}s", retry_after
+        )
+
+
 class OperationDeferred(RetryOperation):
     """The executor asked to come back later (model API overloaded); the workspace is clean."""
 
@@ -74,10 +84,12 @@ class ChangeTooLarge(StageFailed):
 
 
 def ending(exc: Exception, final_attempt: bool, max_deferrals: int) -> StageFailed | None:
-    """How ``exc`` ends a run: the failure its result reports, or None when the executor's
-    RetryLater sends the job back to the queue (it was not the ``final_attempt``)."""
+    """How ``exc`` ends a run: the failure its result reports, or None when it sends the job back
+    to the queue (a lock deferral, or the executor's RetryLater when not the ``final_attempt``)."""
     if isinstance(exc, StageFailed):
         return exc
+    if isinstance(exc, RetryOperation):
+        return None
     if isinstance(exc, RetryLater):
         if not final_attempt:
             return None

@@ -116,6 +116,10 @@ class OperationRun:
             pipeline.settings.cancel_poll_interval,
         )
         self.pushed = pushed
+        self.lock_waits = 0
+        """Earlier attempts that gave their slot back because files were locked."""
+        self.lock_wait_since: float | None = None
+        """When the operation began waiting for locks, if earlier attempts did (wall clock)."""
         self.undo = ExitStack()
         self.final_attempt = True
         self.stage: str | None = None

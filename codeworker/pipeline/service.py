@@ -40,6 +40,7 @@ from codeworker.names import is_operation_id
 from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import (
     ClaimVanished,
+    LockDeferred,
     OperationBusy,
     OperationDeferred,
     busy_delay,
@@ -164,8 +165,14 @@ class Pipeline:
             )
             pushed = Pushed.model_validate_json(claim.pushed) if claim.pushed else None
             run = OperationRun(self, job, executor, claim.owner, progress, started, pushed, task_id)
+            run.lock_waits, run.lock_wait_since = claim.lock_waits, claim.lock_wait_since
             try:
                 result = run.execute(final_attempt=claim.deferrals >= self.settings.max_deferrals)
+            except LockDeferred as exc:
+                self.journal.remove(job.operation_id, claim.owner)
+                self.claims.abandon(job.operation_id, claim.owner, Abandoned.LOCK_WAIT)
+                log.info("operation retried: %s", exc, extra={"lifecycle": "retried"})
+                raise
             except RetryLater as exc:
                 self.journal.remove(job.operation_id, claim.owner)
                 self.claims.abandon(job.operation_id, claim.owner, Abandoned.DEFERRED)

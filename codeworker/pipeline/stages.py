@@ -20,13 +20,14 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from codeworker.coordination.attempts import ClaimLost
+from codeworker.coordination.locks import LockHeld
 from codeworker.coordination.registry import BranchRecord, BranchStatus
 from codeworker.executors.base import RetryLater
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
 from codeworker.github import CheckRunReport, GitHubError
 from codeworker.models import PullRequestInfo, Result, Status
 from codeworker.pipeline.checkpoint import Pushed
-from codeworker.pipeline.errors import ChangeTooLarge, StageFailed
+from codeworker.pipeline.errors import ChangeTooLarge, LockDeferred, StageFailed, busy_delay
 from codeworker.pipeline.report import commit_message, evidence_table, pr_body, pr_title
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.repo_config import RepoConfigError
@@ -75,17 +76,12 @@ def register(run: OperationRun) -> None:
 
 
 def lock(run: OperationRun) -> None:
-    """The target files' locks (all or none, waiting up to the lock wait), then the executor's
+    """The target files' locks (all or none, see :func:`take_locks`), then the executor's
     workspace, which locks whatever else the executor writes."""
     job = run.job
     run.on_exit(run.locks.release)
     if job.target_files:
-        waited, acquired = time.monotonic(), False
-        try:
-            fence = run.locks.acquire(job.target_files, wait=run.p.settings.lock_wait)
-            acquired = True
-        finally:
-            metrics.lock_wait(job.operation_type, time.monotonic() - waited, acquired=acquired)
+        fence = take_locks(run, job.target_files)
         run.p.registry.update(run.repo, run.branch, attempt=run.attempt, fencing_token=fence)
     try:
         workspace = Checkout(run.worktree, run.locks, run.p.settings, job.test_command, run.cancel)
@@ -93,6 +89,35 @@ def lock(run: OperationRun) -> None:
         raise StageFailed(Status.FAILED, str(exc)) from None
     run.on_exit(workspace.close)
     run.checkout = workspace
+
+
+def take_locks(run: OperationRun, paths: list[str]) -> int:
+    """Lock ``paths`` (all or none), waiting in the worker slot up to ``lock_wait``; answer the
+    fencing token. Still held by another operation after that, the job gives its slot back
+    (:class:`LockDeferred`: everything it took is released, and it comes again after a growing
+    countdown) until the operation has waited ``lock_wait_total`` in all; then it fails naming the
+    holder."""
+    settings = run.p.settings
+    started = time.monotonic()
+    try:
+        fence = run.locks.acquire(paths, wait=settings.lock_wait)
+    except LockHeld as held:
+        waited = time.monotonic() - started
+        since = run.lock_wait_since or time.time() - waited
+        total = time.time() - since
+        if total >= settings.lock_wait_total:
+            metrics.lock_wait(run.job.operation_type, waited, "conflict")
+            raise StageFailed(
+                Status.FAILED,
+                f"{held}; gave up after waiting {total:.0f}s in all (CODEWORKER_LOCK_WAIT_TOTAL)",
+            ) from None
+        metrics.lock_wait(run.job.operation_type, waited, "deferred")
+        delay = min(busy_delay(run.lock_waits + 1), settings.lock_wait_total - total)
+        raise LockDeferred(str(held), total, delay) from None
+    metrics.lock_wait(run.job.operation_type, time.monotonic() - started, "acquired")
+    if run.lock_wait_since is not None:
+        run.p.claims.locks_taken(run.job.operation_id)
+    return fence
 
 
 def setup(run: OperationRun) -> None:
@@ -212,7 +237,7 @@ def resume(run: OperationRun) -> None:
         extra={"lifecycle": "resumed", "branch": run.branch},
     )
     run.on_exit(run.locks.release)
-    run.locks.acquire([*run.job.target_files, *pushed.files], wait=run.p.settings.lock_wait)
+    take_locks(run, [*run.job.target_files, *pushed.files])
     record = run.p.registry.get(run.repo, run.branch)
     assert record is not None
     if record.status is not BranchStatus.PUSHED:

@@ -79,13 +79,14 @@ STAGE_DURATION = Histogram(
 )
 LOCK_WAIT = Histogram(
     "codeworker_lock_wait_seconds",
-    "Seconds a job waited for its file locks, by outcome (acquired, conflict).",
+    "Seconds a job waited in its slot for its file locks, by outcome (acquired, deferred, conflict).",
     ["outcome"],
     buckets=LOCK_SECONDS_BUCKETS,
 )
 LOCK_CONFLICTS = Counter(
     "codeworker_lock_conflicts",
-    "Jobs that failed because another operation held a file they needed.",
+    "Jobs that failed because another operation held a file they needed for longer than "
+    "CODEWORKER_LOCK_WAIT_TOTAL.",
     ["operation_type"],
 )
 SECRET_FINDINGS = Counter(
@@ -261,10 +262,11 @@ def stage_duration(stage: str, seconds: float) -> None:
     STAGE_DURATION.labels(stage).observe(seconds)
 
 
-def lock_wait(operation_type: str, seconds: float, acquired: bool) -> None:
-    """One ``FileLocks.acquire``: how long it waited and whether it got the locks."""
-    LOCK_WAIT.labels("acquired" if acquired else "conflict").observe(seconds)
-    if not acquired:
+def lock_wait(operation_type: str, seconds: float, outcome: str) -> None:
+    """One wait for a job's locks in its worker slot: how long, and whether it got them
+    (``acquired``), gave its slot back to come again (``deferred``) or gave up (``conflict``)."""
+    LOCK_WAIT.labels(outcome).observe(seconds)
+    if outcome == "conflict":
         LOCK_CONFLICTS.labels(operation_type).inc()
 
 
