@@ -26,11 +26,11 @@ from celery import Celery
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRegistry
+from codeworker.loopback.github_stub import GitHubStub
 from codeworker.loopback.gitserver import GitServer
+from codeworker.loopback.redis_server import RedisServer
+from codeworker.loopback.worker import WorkerProcess
 from codeworker.replay import ReplayServer
-from tests.support.github_stub import GitHubStub
-from tests.support.redis_server import RedisServer
-from tests.support.worker import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "sample_bug"
@@ -104,7 +104,6 @@ def main() -> int:
                 **model_env,
             },
             name="demo",
-            with_test_plugins=False,
             echo="    worker | ",
         ).start()
         stack.callback(worker.stop)

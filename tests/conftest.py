@@ -14,11 +14,11 @@ from pydantic import SecretStr
 from codeworker.config import Settings
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.registry import BranchRegistry
+from codeworker.loopback.github_stub import GitHubStub
 from codeworker.loopback.gitserver import GitServer
+from codeworker.loopback.redis_server import RedisServer
 from codeworker.pipeline.service import Pipeline
 from tests.support.anthropic_stub import AnthropicStub
-from tests.support.github_stub import GitHubStub
-from tests.support.redis_server import RedisServer
 from tests.support.worker import WorkerProcess, worker_environment
 
 

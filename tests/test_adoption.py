@@ -19,12 +19,13 @@ import redis
 from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRecord, BranchStatus
+from codeworker.loopback.redis_server import free_port
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import get
 from codeworker.worker.journal import LOCK_FILE, ActiveJob, ActiveJobs
 from tests.support.gates import RedisGate
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
-from tests.support.redis_server import free_port
-from tests.support.waiting import wait_until
-from tests.support.worker import WorkerProcess, get
+from tests.support.worker import WorkerProcess
 
 ADOPTED = "adopted "
 """What a worker logs when it takes over a dead worker's jobs."""

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from codeworker.loopback.worker import get
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import anthropic_stub as s
 from tests.support.agent_session import BUG, CART, FIX, sample_files, tool_results
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT
-from tests.support.worker import get
 
 SECRETS = (GITHUB_TOKEN, ANTHROPIC_KEY)
 

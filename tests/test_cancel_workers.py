@@ -18,11 +18,11 @@ from celery.result import AsyncResult
 from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRegistry, BranchStatus
+from codeworker.loopback.waiting import wait_until
 from tests.support import anthropic_stub as s
 from tests.support.cli import codeworker
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
 from tests.support.stalls import SHORT_RECOVERY, Fleet, GatedJob, locks_left, pushes
-from tests.support.waiting import wait_until
 
 STOP_TIMEOUT = 60
 """Seconds a test waits for a cancelled job's task to turn REVOKED."""

@@ -12,7 +12,7 @@ from codeworker.coordination.claims import Claim, ClaimLost, ClaimState, Operati
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
 from codeworker.coordination.watchdog import LockWatchdog
-from tests.support.waiting import wait_until
+from codeworker.loopback.waiting import wait_until
 
 RESULT = {"success": True, "operation_id": "op-1", "branch": "codeworker/fix-1", "status": "pr_open"}
 

@@ -7,9 +7,9 @@ import os
 import signal
 from pathlib import Path
 
+from codeworker.loopback.redis_server import free_port
 from tests.support.cli import codeworker
 from tests.support.jobs import APP_PY, RESULT_TIMEOUT, new_repo, parked, scripted_job
-from tests.support.redis_server import free_port
 from tests.support.worker import WorkerProcess
 
 

@@ -7,8 +7,8 @@ import json
 
 import redis
 
+from codeworker.loopback.redis_server import free_port
 from tests.support.cli import codeworker
-from tests.support.redis_server import free_port
 
 
 def one_line_error(done, status: int = 1) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
+from codeworker.loopback.worker import BIN
 from tests.support.deploy import DEPLOY, GRACE, ROOT, run, served_paths, tool
-from tests.support.worker import BIN
 
 # -- Dockerfile --------------------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from codeworker.loopback.redis_server import free_port
+from codeworker.loopback.worker import get
 from tests.conftest import GITHUB_TOKEN
 from tests.support import anthropic_stub as model_stub
 from tests.support.deploy import K8S, alert_rules, dashboard_queries, load
@@ -29,8 +31,7 @@ from tests.support.jobs import (
     run_job,
     scripted_job,
 )
-from tests.support.redis_server import free_port
-from tests.support.worker import WorkerProcess, get
+from tests.support.worker import WorkerProcess
 
 NOT_FROM_THE_WORKER = {
     "up": ({"job", "instance"}, "Prometheus's own series for every scrape target"),

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from codeworker.loopback.redis_server import AOF_PERSISTENCE, RedisServer, free_port
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import anthropic_stub as s
 from tests.support.cli import codeworker
-from tests.support.redis_server import AOF_PERSISTENCE, RedisServer, free_port
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,11 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from codeworker.coordination.keys import Keys, repo_id
+from codeworker.loopback.redis_server import free_port
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import BIN
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
-from tests.support.redis_server import free_port
-from tests.support.waiting import wait_until
-from tests.support.worker import BIN, WorkerProcess
+from tests.support.worker import WorkerProcess
 
 DEADLINE = 60
 POLL = 0.2

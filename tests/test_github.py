@@ -10,7 +10,7 @@ import requests
 from pydantic import SecretStr
 
 from codeworker.github import GitHubError, PullRequestRef, PullRequests
-from tests.support.github_stub import GitHubStub
+from codeworker.loopback.github_stub import GitHubStub
 
 TOKEN = "ghs_stubToken0123456789abcdefghijklmnopqr"
 OWNER, NAME = "acme", "widgets"

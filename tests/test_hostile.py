@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from codeworker.coordination.keys import Keys
+from codeworker.loopback.worker import get
 from tests.support.jobs import APP_PY, QUEUE, RESULT_TIMEOUT, new_repo, run_job, scripted_job
-from tests.support.worker import get
 
 MB = 1_000_000
 

@@ -9,10 +9,11 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from codeworker.loopback.redis_server import RedisServer, free_port
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import get
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, parked, run_job, scripted_job
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.waiting import wait_until
-from tests.support.worker import WorkerProcess, get
+from tests.support.worker import WorkerProcess
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

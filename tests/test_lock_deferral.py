@@ -12,8 +12,8 @@ from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.locks import FileLocks, list_locks
 from codeworker.coordination.registry import BranchRegistry, BranchStatus
+from codeworker.loopback.waiting import wait_until
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, scripted_job
-from tests.support.waiting import wait_until
 from tests.support.worker import WorkerProcess
 
 

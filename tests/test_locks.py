@@ -11,7 +11,7 @@ import redis
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks, LockHeld, LockLost, list_locks
 from codeworker.coordination.watchdog import LockWatchdog
-from tests.support.waiting import wait_until
+from codeworker.loopback.waiting import wait_until
 
 REPO = "github.com/acme/app"
 

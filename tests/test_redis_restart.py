@@ -17,17 +17,18 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
-from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, scripted_job
-from tests.support.redis_server import (
+from codeworker.loopback.redis_server import (
     AOF_PERSISTENCE,
     NO_PERSISTENCE,
     RDB_PERSISTENCE,
     RedisServer,
     free_port,
 )
-from tests.support.waiting import wait_until
-from tests.support.worker import BIN, PLUGINS, WorkerProcess, worker_environment
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import BIN
+from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
+from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, scripted_job
+from tests.support.worker import PLUGINS, WorkerProcess, worker_environment
 
 OUTAGES = {
     "restart-without-persistence": NO_PERSISTENCE,

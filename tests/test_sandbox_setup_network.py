@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from codeworker.config import SetupNetwork
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import BIN
 from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.commands import CommandResult
@@ -28,8 +30,6 @@ from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import sandbox_fixtures
 from tests.support.checkouts import FILES, Checkouts, needs_bwrap
 from tests.support.sandbox_fixtures import alive, processes_with
-from tests.support.waiting import wait_until
-from tests.support.worker import BIN
 
 pytestmark = needs_bwrap
 

@@ -24,11 +24,12 @@ from pydantic import ValidationError
 from codeworker.config import Settings
 from codeworker.coordination.connection import SentinelUrl, redis_password
 from codeworker.coordination.keys import Keys
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import get
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, release, scripted_job
 from tests.support.sentinel import MASTER, SentinelGroup
-from tests.support.waiting import wait_until
-from tests.support.worker import WorkerProcess, get, worker_environment
+from tests.support.worker import WorkerProcess, worker_environment
 
 
 def test_a_sentinel_url_is_read_as_celery_reads_it():

@@ -14,8 +14,8 @@ import redis
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchStatus
+from codeworker.loopback.redis_server import free_port
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, open_gate, scripted_job
-from tests.support.redis_server import free_port
 from tests.support.worker import WorkerProcess
 
 GRACE = 2

@@ -27,10 +27,10 @@ from codeworker.config import Settings
 from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRegistry
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import running_in_group
 from tests.support.jobs import RESULT_TIMEOUT
 from tests.support.stalls import SHORT_RECOVERY, Fleet, GatedJob, kill_and_time_recovery, locks_left, pushes
-from tests.support.waiting import wait_until
-from tests.support.worker import running_in_group
 
 RECOVERY_BOUND = 45.0
 """Seconds from a worker's death to its job running elsewhere, with the default settings."""

@@ -16,8 +16,8 @@ import kombu
 import pytest
 import redis
 
+from codeworker.loopback.redis_server import RedisServer
 from codeworker.worker.broker import Transport
-from tests.support.redis_server import RedisServer
 
 QUEUE = "visibility-test"
 TIMEOUT = 30

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 
+from codeworker.loopback.worker import BIN
 from tests.support.jobs import RESULT_TIMEOUT
-from tests.support.worker import BIN, PLUGINS
+from tests.support.worker import PLUGINS
 
 
 def codeworker(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -16,10 +16,11 @@ from celery.result import AsyncResult
 from celery.states import READY_STATES
 from prometheus_client import CollectorRegistry, multiprocess
 
+from codeworker.loopback.waiting import wait_until
+from codeworker.loopback.worker import get
 from tests.support.jobs import QUEUE, scripted_job
 from tests.support.stalls import Fleet
-from tests.support.waiting import wait_until
-from tests.support.worker import WorkerProcess, get
+from tests.support.worker import WorkerProcess
 
 
 @dataclass(frozen=True)

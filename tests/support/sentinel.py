@@ -10,8 +10,8 @@ from pathlib import Path
 
 import redis
 
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.waiting import wait_until
+from codeworker.loopback.redis_server import RedisServer, free_port
+from codeworker.loopback.waiting import wait_until
 
 MASTER = "cwmaster"
 """The group's name (CODEWORKER_REDIS_MASTER_NAME)."""

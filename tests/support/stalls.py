@@ -14,10 +14,11 @@ from celery import Celery
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.loopback.gitserver import GitServer
+from codeworker.loopback.redis_server import free_port
+from codeworker.loopback.worker import get
 from tests.support.gates import Arrival, RedisGate
 from tests.support.jobs import GATE_TIMEOUT, QUEUE, new_repo, scripted_job
-from tests.support.redis_server import free_port
-from tests.support.worker import WorkerProcess, get
+from tests.support.worker import WorkerProcess
 
 _names = itertools.count(1)
 

@@ -18,8 +18,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from codeworker.loopback.server import LoopbackServer
-from tests.support.github_records import (
+from codeworker.loopback.github_records import (
     JSON,
     Fault,
     RecordedRequest,
@@ -29,7 +28,8 @@ from tests.support.github_records import (
     error_reply,
     now,
 )
-from tests.support.github_routes import ROUTES
+from codeworker.loopback.github_routes import ROUTES
+from codeworker.loopback.server import LoopbackServer
 
 
 class GitHubStub(LoopbackServer):

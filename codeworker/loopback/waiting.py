@@ -1,4 +1,4 @@
-"""Waiting for something a test can observe (a key gone, a process ended, a job parked)."""
+"""Waiting for something a test, the demo or a benchmark can observe (a key gone, a process ended)."""
 
 from __future__ import annotations
 

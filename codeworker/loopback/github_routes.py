@@ -12,10 +12,10 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tests.support.github_records import JSON, Reply, ValidationFailed, error_reply, now
+from codeworker.loopback.github_records import JSON, Reply, ValidationFailed, error_reply, now
 
 if TYPE_CHECKING:
-    from tests.support.github_stub import GitHubStub
+    from codeworker.loopback.github_stub import GitHubStub
 
 Route = Callable[["GitHubStub", re.Match[str], dict[str, str], JSON], Reply]
 
