@@ -5,7 +5,7 @@ SCANNER_VENV := .venv-scanner
 TRUFFLEHOG_VERSION := 3.0.10
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak lint format tools scanner clean system-tools deploy-tools
+.PHONY: demo test bench soak lint format tools scanner clean system-tools deploy-tools
 
 demo: tools
 	$(BIN)/python -m demo
@@ -14,6 +14,10 @@ test: tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Every benchmark of bench/, one table, also written to bench/RESULTS.md (about 15 minutes).
+bench: tools
+	$(BIN)/python -m bench
 
 # The load run at full size (tests/test_load.py; `make test` runs 200 jobs, 3 SIGKILLs, 2 SIGTERMs):
 # 600 jobs over 2 workers, 10 SIGKILLs and 5 SIGTERMs of workers at random moments, each worker

@@ -1,76 +1,139 @@
-"""Checkout cost per job: a shared bare mirror plus a worktree, against a fresh clone per job.
+"""Checkout cost per job: a fetch of the warm mirror plus a worktree, against its floor.
 
-    .venv/bin/python -m bench.checkout [--jobs 10] [--files 400]
+    .venv/bin/python -m bench.checkout [--quick]
 
-Both sides fetch over the same smart-HTTP server on loopback with the same token; the baseline is
-what a worker without mirrors does (pygit2.clone_repository for every job). Prints the medians
-and their ratio.
+On generated repositories of about 5,000 and 50,000 files served by the loopback smart-HTTP
+server. The floor is ``git worktree add`` from the same mirror: writing the files, which no
+checkout avoids. The other baseline is what a worker without mirrors does, a fresh clone over the
+same server with the same token (pygit2.clone_repository). Every repetition runs all three in turn.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
+import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pygit2
 from pydantic import SecretStr
 
+from bench.report import Figure, median, print_figures, spread, timed
 from codeworker.git.auth import GitAuth
 from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
 
 TOKEN = "bench-token-0123456789"
+TARGET = 1.1
+"""The checkout's time over the floor's."""
 
 
-def sample_files(count: int) -> dict[str, str]:
-    body = "".join(f"def function_{n}(value):\n    return value * {n}\n\n" for n in range(60))
-    return {f"pkg/module_{i:04d}.py": f"# module {i}\n{body}" for i in range(count)}
+def generate_repo(server: GitServer, name: str, files: int, scratch: Path) -> str:
+    """A repository of ``files`` small Python files in directories of 100, served as acme/``name``;
+    its clone URL. Built with git in a scratch tree (one commit), then cloned bare into place."""
+    tree = scratch / name
+    body = "".join(f"def function_{n}(value):\n    return value * {n}\n\n" for n in range(20))
+    for i in range(files):
+        path = tree / "pkg" / f"d{i // 100:03d}" / f"module_{i:05d}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# module {i}\n{body}")
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main", str(tree)], check=True)
+    subprocess.run([*git, "-C", str(tree), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(tree), "commit", "-q", "-m", "generated"], check=True)
+    bare = server.repo_path("acme", name)
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(tree), str(bare)], check=True)
+    subprocess.run(["git", "-C", str(bare), "config", "http.receivepack", "true"], check=True)
+    shutil.rmtree(tree)
+    return server.url("acme", name)
 
 
-def timed(action: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+def measure(files: int, repeat: int, clones: int, root: Path, server: GitServer) -> list[Figure]:
+    name = f"gen{files}"
+    url = generate_repo(server, name, files, root / "scratch")
+    mirrors = Mirrors(root / "ws", SecretStr(TOKEN))
+    mirrors.checkout(url, "main", "bench/warm", "bench-warm", "a1").remove()  # the mirror is warm
+    mirror = mirrors.mirror_path(url)
+    ours: list[float] = []
+    floor: list[float] = []
+    fresh: list[float] = []
+    for n in range(repeat):
+        ours.append(timed(lambda n=n: mirrors.checkout(url, "main", f"bench/{n}", f"bench-{n}", "a1")))
+        mirrors.discard(url, f"bench-{n}", f"bench/{n}", "a1")
+        target = root / "floor" / str(n)
+        floor.append(
+            timed(
+                lambda target=target: subprocess.run(
+                    [
+                        "git",
+                        "-C",
+                        str(mirror),
+                        "worktree",
+                        "add",
+                        "-q",
+                        "--detach",
+                        str(target),
+                        "origin/main",
+                    ],
+                    check=True,
+                )
+            )
+        )
+        subprocess.run(["git", "-C", str(mirror), "worktree", "remove", "--force", str(target)], check=True)
+        if n < clones:
+            clone = root / "clones" / str(n)
+            fresh.append(
+                timed(lambda clone=clone: pygit2.clone_repository(url, str(clone), callbacks=GitAuth(TOKEN)))
+            )
+            shutil.rmtree(clone)
+    what = f"checkout, {files:,} files"
+    ratio = median(ours) / median(floor)
+    return [
+        Figure(
+            name=what,
+            value=median(ours),
+            unit="s",
+            baseline="git worktree add (the floor)",
+            baseline_value=median(floor),
+            target=f"<= {TARGET}x",
+            met=ratio <= TARGET,
+            spread=spread(ours),
+            repeat=repeat,
+            note="mirror fetch (nothing new) and pygit2 worktree, per job",
+        ),
+        Figure(
+            name=f"{what}, fresh clone per job",
+            value=median(ours),
+            unit="s",
+            baseline="fresh clone over loopback smart-HTTP",
+            baseline_value=median(fresh),
+            target="informative",
+            met=None,
+            spread=spread(fresh),
+            repeat=len(fresh),
+        ),
+    ]
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    root = Path(tempfile.mkdtemp(prefix="cw-bench-checkout-"))
+    server = GitServer(root / "remote", TOKEN)
+    server.start()
+    try:
+        results = measure(5_000, 3 if quick else 7, 2 if quick else 3, root, server)
+        results += measure(50_000, 2 if quick else 5, 1 if quick else 2, root, server)
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=10)
-    parser.add_argument("--files", type=int, default=400)
-    args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="cw-bench-"))
-    server = GitServer(root / "remote", TOKEN)
-    server.start()
-    try:
-        url = server.create_repo("acme", "big", sample_files(args.files))
-        mirrors = Mirrors(root / "ws", SecretStr(TOKEN))
-
-        def clone(n: int) -> None:
-            target = root / "clones" / str(n)
-            pygit2.clone_repository(url, str(target), callbacks=GitAuth(TOKEN))
-            shutil.rmtree(target)
-
-        def worktree(n: int) -> None:
-            mirrors.checkout(url, "main", f"bench/{n}", f"bench-{n}", "a1").remove()
-
-        worktree(-1)  # the first job of a machine clones the mirror; every later one only fetches
-        baseline = [timed(lambda n=n: clone(n)) for n in range(args.jobs)]
-        candidate = [timed(lambda n=n: worktree(n)) for n in range(args.jobs)]
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-    base, cand = statistics.median(baseline), statistics.median(candidate)
-    print(f"{args.files} files, {args.jobs} jobs each")
-    print(f"fresh clone per job (baseline): median {base * 1000:.1f} ms")
-    print(f"mirror fetch + worktree:        median {cand * 1000:.1f} ms")
-    print(f"ratio baseline/mirror: {base / cand:.1f}x")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    print_figures(figures(parser.parse_args().quick))
 
 
 if __name__ == "__main__":

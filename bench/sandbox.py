@@ -1,47 +1,34 @@
 """What starting one sandboxed command costs, against a bare ``subprocess.run`` of the same command.
 
-    .venv/bin/python -m bench.sandbox [--repeat 50]
+    .venv/bin/python -m bench.sandbox [--quick]
 
 The command is ``/bin/true`` (nothing of its own to measure). The baseline is ``subprocess.run``;
-codeworker runs it as every repository command runs: the allowlisted root, a minimal ``/etc`` with
-generated passwd and group, the checkout bound, prlimit, the namespaces, the bounded output reader.
-Prints the medians (milliseconds), the spread (interquartile range) and the difference.
+codeworker runs it as every repository command runs (:meth:`Sandbox.run`): the allowlisted root,
+``/etc`` (a copy with generated passwd and group, made at the sandbox's first command), the
+checkout bound, prlimit, the namespaces, the bounded output reader. The figure is the difference of
+the two medians, the time a sandbox adds to each command; its spread is the interquartile range of
+the differences of interleaved pairs.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from bench.report import Figure, interleaved, median, print_figures, spread
 from codeworker.config import Settings
 from codeworker.sandbox.bubblewrap import Mounts, Sandbox, check_sandbox
 
 COMMAND = ["/bin/true"]
 
-
-def milliseconds(action: Callable[[], object], repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - started) * 1000)
-    return times
+TARGET_MS = 5.0
+"""Milliseconds a sandbox may add to a command (issue 16)."""
 
 
-def spread(times: list[float]) -> float:
-    quartiles = statistics.quantiles(times, n=4)
-    return quartiles[2] - quartiles[0]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=50)
-    repeat = parser.parse_args().repeat
+def figures(quick: bool) -> list[Figure]:
+    repeat = 30 if quick else 200
     settings = Settings()
     check_sandbox(settings)
     with tempfile.TemporaryDirectory(prefix="cw-bench-sandbox-") as where:
@@ -54,16 +41,35 @@ def main() -> None:
         def bare() -> None:
             subprocess.run(COMMAND, cwd=checkout, check=True, capture_output=True)
 
-        sandboxed()  # warm the page cache and the start-up probe
+        sandboxed()  # the sandbox's first command copies /etc; the page cache warms up
         bare()
-        base, ours = [], []
-        for _ in range(repeat):  # interleaved, so drifting load hits both alike
-            base += milliseconds(bare, 1)
-            ours += milliseconds(sandboxed, 1)
-    b, o = statistics.median(base), statistics.median(ours)
-    print(f"subprocess.run {COMMAND[0]}: median {b:.1f} ms (IQR {spread(base):.1f})")
-    print(f"sandboxed      {COMMAND[0]}: median {o:.1f} ms (IQR {spread(ours):.1f})")
-    print(f"added per command: {o - b:.1f} ms ({o / b:.1f}x)")
+        base, ours = interleaved(bare, sandboxed, repeat)
+    base_ms = [seconds * 1000 for seconds in base]
+    ours_ms = [seconds * 1000 for seconds in ours]
+    added = median(ours_ms) - median(base_ms)
+    return [
+        Figure(
+            name="sandboxed command, added ms",
+            value=added,
+            unit="ms",
+            baseline=f"subprocess.run {COMMAND[0]}",
+            baseline_value=median(base_ms),
+            target=f"< {TARGET_MS:g} ms added",
+            met=added < TARGET_MS,
+            spread=spread([o - b for o, b in zip(ours_ms, base_ms, strict=True)]),
+            repeat=repeat,
+            note=(
+                f"{COMMAND[0]} in the sandbox: median {median(ours_ms):.1f} ms (IQR {spread(ours_ms):.1f}), "
+                f"bare: {median(base_ms):.1f} ms (IQR {spread(base_ms):.1f})"
+            ),
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    print_figures(figures(parser.parse_args().quick))
 
 
 if __name__ == "__main__":

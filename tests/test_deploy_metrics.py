@@ -91,7 +91,8 @@ def worker(worker_env, http_port, model, broker_url, git_server, tmp_path_factor
     """The module's worker, started only after another worker shut down holding a job: that job is
     redelivered to this one, so codeworker_jobs_redelivered_total exists too."""
     directory = tmp_path_factory.mktemp("redelivery")
-    env = {**worker_env, "ANTHROPIC_BASE_URL": model.url}
+    # No wait for locks in all: the scenario's lock conflict fails (and is counted) at once.
+    env = {**worker_env, "ANTHROPIC_BASE_URL": model.url, "CODEWORKER_LOCK_WAIT_TOTAL": "0"}
     victim = WorkerProcess(
         {
             **env,

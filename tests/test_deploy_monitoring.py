@@ -51,6 +51,7 @@ def test_promtool_unit_tests_of_the_alerts_pass():
         "CodeworkerNoWorkerUp",
         "CodeworkerConsumptionStalled",
         "CodeworkerModelCostBurnRateHigh",
+        "CodeworkerModelCacheHitRatioLow",
     } <= tested
 
 
@@ -91,6 +92,7 @@ def test_every_alert_says_how_bad_and_what_happened():
         "CodeworkerJobOverranSoftLimit",
         "CodeworkerSecretBlocked",
         "CodeworkerModelCostBurnRateHigh",
+        "CodeworkerModelCacheHitRatioLow",
     } <= {rule["alert"] for rule in alerts}
     for rule in alerts:
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]

@@ -1,19 +1,33 @@
-"""The worker's HTTP server, asked over HTTP while a real prefork worker runs real jobs."""
+"""The worker's HTTP server, asked over HTTP while a real prefork worker runs real jobs, and under a
+burst of concurrent scrapes."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from codeworker.config import Settings
+from codeworker.coordination.keys import Keys
+from codeworker.coordination.registry import BranchRegistry
 from codeworker.loopback.redis_server import RedisServer, free_port
 from codeworker.loopback.waiting import wait_until
 from codeworker.loopback.worker import get
+from codeworker.models import OperationType
+from codeworker.worker import metrics
+from codeworker.worker.health import ConsumerHeartbeat, RedisPing
+from codeworker.worker.http import HttpServer, WorkerState, create_app
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, new_repo, parked, run_job, scripted_job
 from tests.support.worker import WorkerProcess
+from tests.test_metrics import worker_main
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -66,6 +80,12 @@ def test_status_and_metrics_of_jobs_on_two_pool_processes(
     client: Celery, worker, http_port, git_server, tmp_path
 ):
     assert wait_until(lambda: get(http_port, "/health")[0] == 200, what="/health 200")
+    # Before any job, every operation type and status is there at zero (rate() needs a series).
+    idle = samples(http_port)
+    for operation_type in OperationType:
+        for status in metrics.JOB_STATUSES:
+            labels = (("operation_type", operation_type.value), ("status", status))
+            assert idle[("codeworker_jobs_finished_total", labels)] == 0, labels
     jobs = []
     for index in range(2):
         name, url = new_repo(git_server)
@@ -127,7 +147,52 @@ def test_metric_names_follow_prometheus_conventions(worker, http_port):
             if family.type == "counter":
                 assert sample.name.endswith(("_total", "_created")), sample.name
         if family.type == "histogram" and "iterations" not in family.name:
-            assert family.name.endswith("_seconds"), family.name
+            assert family.name.endswith(("_seconds", "_ratio")), family.name
+
+
+def test_the_server_answers_a_burst_of_concurrent_scrapes(redis_server, tmp_path):
+    """50 scrapes of /metrics and 5 of /health sent at the same moment: every one is answered, the
+    scrapes with complete Prometheus text, /health with a real Redis PING's verdict."""
+    ping = RedisPing(redis_server.url, "mymaster")
+    # A full pool counts as consuming, so /health's verdict is the PING's alone.
+    heartbeat = ConsumerHeartbeat(lambda: None, saturated=lambda: True, interval=1, stale_after=5)
+    state = WorkerState(
+        hostname="burst",
+        concurrency=2,
+        health=lambda: heartbeat.check(ping()),
+        active_jobs=list,
+        registry=BranchRegistry(redis.Redis.from_url(redis_server.url), Keys()),
+        started_at=time.time(),
+    )
+    paths = ["/metrics"] * 50 + ["/health"] * 5
+    start = threading.Barrier(len(paths))
+
+    def ask(path: str) -> tuple[str, int, Any]:
+        start.wait(timeout=30)  # all at once, not as fast as one thread can send them
+        return (path, *get(server.port, path))
+
+    with worker_main(tmp_path / "metrics"):
+        server = HttpServer(create_app(Settings(), state), "127.0.0.1", 0).start()
+        try:
+            with ThreadPoolExecutor(len(paths)) as pool:
+                answers = list(pool.map(ask, paths))
+        finally:
+            server.stop()
+            ping.close()
+
+    assert [status for _, status, _ in answers] == [200] * len(paths)
+    for path, _, body in answers:
+        if path == "/health":
+            assert body["ready"] is True and body["checks"]["redis"] == "ok", body
+            continue
+        exported = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+        }
+        labels = (("operation_type", "refactor"), ("status", "pr_open"))
+        assert exported[("codeworker_jobs_finished_total", labels)] == 0
+        assert exported[("codeworker_worker_concurrency", ())] == 2
 
 
 @pytest.fixture()

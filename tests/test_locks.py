@@ -11,6 +11,7 @@ import redis
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks, LockHeld, LockLost, list_locks
 from codeworker.coordination.watchdog import LockWatchdog
+from codeworker.loopback.redis_server import CountingConnection
 from codeworker.loopback.waiting import wait_until
 
 REPO = "github.com/acme/app"
@@ -145,16 +146,6 @@ def test_a_lock_that_expires_wakes_the_waiter(redis_client, keys):
     make(redis_client, keys, "op-dead", ttl=0.3).acquire(["a.py"], wait=0)
     waiter = make(redis_client, keys, "op-waiter")
     assert waiter.acquire(["a.py"], wait=30) == 2
-
-
-class CountingConnection(redis.Connection):
-    """Counts what it sends: one packed send is one round trip (a pipeline's too)."""
-
-    sent = 0
-
-    def send_packed_command(self, command: object, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        super().send_packed_command(command, check_health)
 
 
 def test_one_round_trip_to_take_or_release_any_number_of_files(redis_server, keys):

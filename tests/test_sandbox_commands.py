@@ -9,7 +9,10 @@ signals that a command does not inherit ignored.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ import pytest
 from codeworker.sandbox.bubblewrap import SANDBOX_TMP, SandboxUnavailable, check_sandbox
 from codeworker.sandbox.checkout import Checkout
 from codeworker.sandbox.commands import OUTPUT_LIMIT, CommandResult, run_process
+from codeworker.sandbox.rootfs import EtcCopy, etc_entries
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support import sandbox_fixtures
 from tests.support.checkouts import Checkouts, needs_bwrap
@@ -241,14 +245,53 @@ def test_refused_at_run_time_too(env: Checkouts) -> None:
 
 
 def test_commands_do_not_inherit_ignored_signals(tmp_path):
-    """Celery's pool processes ignore SIGTERM and SIGINT; a command they start must not."""
+    """Celery's pool processes ignore SIGTERM and SIGINT; a command they start must not. Nor does
+    it start with the signals the worker's thread blocks."""
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
         result = run_process(
-            ["grep", "SigIgn", "/proc/self/status"], "grep", tmp_path, {"PATH": "/usr/bin:/bin"}, 10
+            ["grep", "-E", "SigIgn|SigBlk", "/proc/self/status"],
+            "grep",
+            tmp_path,
+            {"PATH": "/usr/bin:/bin"},
+            10,
         )
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         signal.signal(signal.SIGTERM, previous)
-    ignored = int(result.output.split()[1], 16)
+    masks = dict(line.split() for line in result.output.splitlines())
     assert result.ok
-    assert not ignored & (1 << (signal.SIGTERM - 1))
+    assert not int(masks["SigIgn:"], 16) & (1 << (signal.SIGTERM - 1))
+    assert int(masks["SigBlk:"], 16) == 0
+
+
+def test_commands_inherit_no_descriptor_of_the_worker(checkout: Checkout) -> None:
+    """Not even one the worker holds without close-on-exec (as a C library's may be)."""
+    kept, leaked = os.pipe()
+    os.set_inheritable(leaked, True)
+    try:
+        result = checkout.run("ls /proc/self/fd")
+    finally:
+        os.close(kept)
+        os.close(leaked)
+    assert result.ok, result.output
+    assert result.output.split() == ["0", "1", "2", "3"]  # 3: the listing's own
+
+
+def test_etc_is_a_read_only_copy_made_once_per_sandbox(checkout: Checkout) -> None:
+    box = dataclasses.replace(checkout.sandbox, etc=EtcCopy())  # a copy of its own, to see it go
+    first = box.run("cat /etc/hostname /etc/hosts; id -un; touch /etc/hosts /etc/new")
+    copy = box.etc.path(None)
+    second = box.run("true")
+
+    assert first.exit_code != 0 and "Read-only file system" in first.output
+    assert "No such file" in first.output  # hostname is not on the allowlist
+    assert Path("/etc/hosts").read_text() in first.output
+    assert pwd.getpwuid(os.getuid()).pw_name in first.output  # the generated passwd
+    assert second.ok and box.etc.path(None) == copy
+    shown = {name.split("/")[0] for name in etc_entries(None) if (Path("/etc") / name).exists()}
+    assert sorted(p.name for p in copy.iterdir()) == sorted(shown | {"passwd", "group"})
+    del box  # the last reference: the copy goes with it
+    gc.collect()
+    assert not copy.exists()

@@ -1,4 +1,4 @@
-"""Secret scan through the real trufflehog3 subprocess (``make scanner`` builds .venv-scanner).
+"""Secret scan through the real long-lived trufflehog3 process (``make scanner`` builds .venv-scanner).
 
 Every fake secret is assembled from parts at run time, so no whole secret appears in this file
 and our own repository does not trip secret scanners.
@@ -6,17 +6,26 @@ and our own repository does not trip secret scanners.
 
 from __future__ import annotations
 
+import ast
 import base64
+import json
 import os
 import random
+import select
+import signal
 import stat
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import codeworker.secrets.scanner as scanner_module
 from codeworker.secrets.findings import ScanError, SecretFinding, blocking, key_file_glob
-from codeworker.secrets.scanner import SecretScanner, scanner_env
+from codeworker.secrets.scanner import DEFAULT_SCANNER, SecretScanner, scanner_env
 from codeworker.secrets.segments import MAX_LINE_CHARS, SEGMENT_CHARS
 
 AWS_KEY_ID = "AKIA" + "Q3EGUZ7X" + "WB4RJ2KD"
@@ -320,23 +329,213 @@ def test_paths_outside_the_repository_are_refused(scanner: SecretScanner, path: 
         scanner.scan({path: [(1, "x = 1")]})
 
 
-def test_scanner_runs_without_the_workers_credentials(
-    scanner: SecretScanner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_scanner_runs_without_the_workers_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     canary = "canary-" + "0123456789"
     for name in ("GITHUB_TOKEN", "ANTHROPIC_API_KEY", "REDIS_URL"):
         monkeypatch.setenv(name, canary)
-    # The real scanner, started through a shell script that records the environment it gets.
-    seen = tmp_path / "env.txt"
-    wrapper = tmp_path / "trufflehog3"
-    wrapper.write_text(f'#!/bin/sh\nenv > "{seen}"\nexec "{scanner.resolve_executable()}" "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    scanner = SecretScanner()
 
-    findings = SecretScanner(executable=str(wrapper)).scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+    findings = scanner.scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
 
     assert only(findings, "aws.access-key-id").severity == "HIGH"
-    env = seen.read_text()
-    assert canary not in env
-    assert "GITHUB_TOKEN" not in env
-    assert set(scanner_env()) == {"PATH", "HOME", "LANG"}
+    # The environment the running scanner process was started with.
+    environ = Path(f"/proc/{scanner.pid}/environ").read_bytes().split(b"\0")
+    env = dict(entry.decode().split("=", 1) for entry in environ if entry)
+    assert env == scanner_env()
+    assert set(env) == {"PATH", "HOME", "LANG"}
+    assert canary not in "".join(env.values())
     assert os.environ["GITHUB_TOKEN"] == canary
+    scanner.close()
+
+
+def test_a_trufflehog3_script_stands_for_the_python_of_its_virtualenv(tmp_path: Path) -> None:
+    # What CODEWORKER_SCANNER names in the deployments (/opt/scanner/bin/trufflehog3).
+    assert SecretScanner(executable=str(DEFAULT_SCANNER)).resolve_executable() == str(
+        DEFAULT_SCANNER.with_name("python")
+    )
+    lone = tmp_path / "bin" / "trufflehog3"
+    lone.parent.mkdir()
+    lone.write_text("#!/bin/sh\n")
+    lone.chmod(lone.stat().st_mode | stat.S_IXUSR)
+
+    with pytest.raises(ScanError, match=r"no python beside .*/bin/trufflehog3 .*run `make scanner`"):
+        SecretScanner(executable=str(lone)).scan({"a.py": [(1, "x = 1")]})
+
+
+def imports(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+    return names
+
+
+def test_trufflehog3_is_imported_by_the_scanner_process_alone() -> None:
+    # The licence boundary: trufflehog3 (GPL-2.0) only runs in the scanner virtualenv's process,
+    # whose module may import nothing from codeworker (its dependencies are not installed there).
+    package = Path(scanner_module.__file__).parents[1]
+    importers = {path.name for path in package.rglob("*.py") if "trufflehog3" in imports(path)}
+    driver = imports(package / "secrets" / "scand.py")
+
+    assert importers == {"scand.py"}
+    assert driver - {"trufflehog3"} <= set(sys.stdlib_module_names)
+
+
+def exited(pidfd: int, timeout: float) -> bool:
+    """Whether the process behind ``pidfd`` has exited, waiting for it up to ``timeout`` seconds."""
+    readable, _, _ = select.select([pidfd], [], [], timeout)
+    return bool(readable)
+
+
+def test_one_scanner_process_answers_every_scan() -> None:
+    scanner = SecretScanner()
+    assert scanner.pid is None  # started by the first scan, not before
+
+    first = scanner.scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+    pid = scanner.pid
+    second = scanner.scan({"b.py": [(7, f"t = '{GITHUB_TOKEN}'")]})
+
+    assert pid is not None
+    assert scanner.pid == pid
+    assert [(f.path, f.line, f.rule) for f in blocking(first)] == [("a.py", 1, "aws.access-key-id")]
+    assert [(f.path, f.line, f.rule) for f in blocking(second)] == [("b.py", 7, "github.token")]
+    scanner.close()
+    assert scanner.pid is None
+
+
+def test_a_killed_scanner_process_is_replaced() -> None:
+    scanner = SecretScanner()
+    scanner.scan({"a.py": [(1, "x = 1")]})
+    pid = scanner.pid
+    assert pid is not None
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert exited(pidfd, 30)
+
+        findings = scanner.scan({"a.py": [(3, f"k = '{AWS_KEY_ID}'")]})
+    finally:
+        os.close(pidfd)
+
+    assert only(findings, "aws.access-key-id").line == 3
+    assert scanner.pid not in (None, pid)
+    scanner.close()
+
+
+def test_a_hung_scanner_process_times_out_and_is_replaced() -> None:
+    scanner = SecretScanner()
+    scanner.scan({"a.py": [(1, "x = 1")]})
+    pid = scanner.pid
+    assert pid is not None
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGSTOP)  # alive, reading nothing, answering nothing
+        scanner.timeout = 1.0
+        started = time.monotonic()
+
+        with pytest.raises(ScanError, match=r"secret scan timed out after 1 s"):
+            scanner.scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+
+        assert time.monotonic() - started < 10  # the timeout, not a hang
+        assert exited(pidfd, 0)  # killed, not left stopped
+    finally:
+        os.close(pidfd)
+    scanner.timeout = 120.0
+    findings = scanner.scan({"a.py": [(1, f"k = '{AWS_KEY_ID}'")]})
+    assert only(findings, "aws.access-key-id").severity == "HIGH"
+    assert scanner.pid not in (None, pid)
+    scanner.close()
+
+
+def test_concurrent_scans_take_turns_on_one_process() -> None:
+    scanner = SecretScanner()
+    barrier = threading.Barrier(4)
+    tokens = {
+        f"t{n}.py": token for n, token in enumerate([AWS_KEY_ID, GITHUB_TOKEN, GITHUB_PAT, ANTHROPIC_KEY])
+    }
+
+    def scan(path: str) -> list[SecretFinding]:
+        barrier.wait()
+        return scanner.scan({path: [(1, "x = 1"), (2, f"k = '{tokens[path]}'")]})
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(tokens, pool.map(scan, tokens), strict=True))
+
+    for path, findings in results.items():
+        assert [(f.path, f.line) for f in blocking(findings)] == [(path, 2)]
+    scanner.close()
+
+
+def test_a_forked_child_gets_its_own_scanner_process() -> None:
+    # Celery's prefork pool forks the process that built the scanner: the child must not talk to,
+    # nor kill, the parent's scanner process.
+    scanner = SecretScanner()
+    scanner.scan({"a.py": [(1, "x = 1")]})
+    parent_pid = scanner.pid
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report its scan through the pipe, never return into pytest
+        status = 1
+        try:
+            found = scanner.scan({"c.py": [(5, f"k = '{AWS_KEY_ID}'")]})
+            own = scanner.pid
+            scanner.close()
+            os.write(write_end, json.dumps([own, [(f.path, f.line) for f in blocking(found)]]).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reply:
+        child_pid, child_findings = json.loads(reply.read())
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_findings == [["c.py", 5]]
+    assert child_pid not in (None, parent_pid)
+    assert scanner.pid == parent_pid
+    assert only(scanner.scan({"a.py": [(2, f"k = '{AWS_KEY_ID}'")]}), "aws.access-key-id").line == 2
+    assert scanner.pid == parent_pid
+    scanner.close()
+
+
+WORKER = """
+import sys
+from codeworker.secrets.scanner import SecretScanner
+scanner = SecretScanner()
+scanner.scan({"a.py": [(1, "x = 1")]})
+print(scanner.pid, flush=True)
+if sys.argv[1] == "wait":
+    sys.stdin.read()
+"""
+
+
+def test_the_scanner_process_is_stopped_when_the_worker_exits() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, "exit"], capture_output=True, text=True, check=True, timeout=60
+    )
+
+    pid = int(done.stdout)
+    with pytest.raises(ProcessLookupError):  # killed and reaped before the worker exited
+        os.kill(pid, 0)
+
+
+def test_the_scanner_process_ends_when_the_worker_is_killed() -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert worker.stdout is not None
+    pid = int(worker.stdout.readline())
+    pidfd = os.pidfd_open(pid)
+    try:
+        worker.kill()
+        worker.wait()
+
+        assert exited(pidfd, 30)  # its input closed with the worker
+    finally:
+        os.close(pidfd)
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.stdout.close()

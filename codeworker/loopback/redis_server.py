@@ -109,3 +109,14 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CountingConnection(redis.Connection):
+    """A client connection that counts what it sends, in :attr:`sent`, across every instance: one
+    packed send is one round trip (a pipeline's or a script's too)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: object, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)  # type: ignore[arg-type]

@@ -30,9 +30,11 @@ class WorkerProcess:
         concurrency: int = 2,
         echo: str | None = None,
         pythonpath: Sequence[Path] = (),
+        celery_args: Sequence[str] = (),
     ) -> None:
         """``echo``: print each line the worker prints with this prefix (the demo shows its log);
-        ``pythonpath``: directories put first on the worker's PYTHONPATH (executor plugins)."""
+        ``pythonpath``: directories put first on the worker's PYTHONPATH (executor plugins);
+        ``celery_args``: more of Celery's worker options (``--include`` a module of tasks)."""
         self.env = {**os.environ, **env}
         if pythonpath:
             paths = [*map(str, pythonpath), self.env.get("PYTHONPATH")]
@@ -40,6 +42,7 @@ class WorkerProcess:
         self.name = name
         self.concurrency = concurrency
         self.echo = echo
+        self.celery_args = tuple(celery_args)
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
@@ -56,6 +59,7 @@ class WorkerProcess:
                 f"{self.name}@%h",
                 "--without-mingle",
                 "--without-gossip",
+                *self.celery_args,
             ],
             env=self.env,
             stdout=subprocess.PIPE,

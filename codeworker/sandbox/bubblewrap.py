@@ -28,14 +28,25 @@ Why each piece is there:
   command can write, and never through the checkout's ``.git`` file, which any command can.
 - Limits come from ``prlimit`` inside the sandbox (address space, CPU seconds, processes, file
   size, no core files), because rlimits are inherited by everything the command forks and need no
-  privilege; the private ``/tmp`` is a tmpfs of ``CODEWORKER_SANDBOX_TMP_MB``. The worker reads a
-  command's output into a bounded buffer (head and tail), so one that prints without end costs it
-  a few MB (:class:`~codeworker.sandbox.commands.BoundedOutput`).
+  privilege. Inside, not on bubblewrap: the kernel counts RLIMIT_NPROC per user namespace, and
+  bubblewrap's namespace gives each command a count of its own, where a limit set before it would
+  count every job's processes together; set from outside on the sandbox's pid 1 while it waits on
+  ``--block-fd``, they would save prlimit's exec, but a worker that died meanwhile would let the
+  command run without them. The private ``/tmp`` is a tmpfs of ``CODEWORKER_SANDBOX_TMP_MB``.
+  The worker reads a command's output into a bounded buffer (head and tail), so one that prints
+  without end costs it a few MB (:class:`~codeworker.sandbox.commands.BoundedOutput`).
   RLIMIT_NPROC is ignored by the kernel for uid 0, so the process limit only holds when the
   worker runs as an unprivileged user (as the container image does); the pid namespace still
   guarantees that every process dies with the command.
 - The timeout kills bwrap's process group; ``--die-with-parent`` on the sandbox's pid 1 and the
   pid namespace then kill everything inside, including children that called ``setsid``.
+- What a command costs over a bare ``subprocess.run`` (about 4 ms on two cores, ``bench/sandbox.py``)
+  is bubblewrap's exec, its namespaces and mounts, and prlimit's exec, no more: an exec costs
+  about a millisecond here and bubblewrap reads the whole mount table again for every mount. So
+  ``/etc`` is one bind of a copy (:class:`~codeworker.sandbox.rootfs.EtcCopy`), not one per entry;
+  what stays the same from one command to the next is worked out once per sandbox
+  (:class:`Layout`); and bubblewrap is started by ``posix_spawn`` with every signal at its default
+  (:func:`~codeworker.sandbox.commands.run_process`), not through ``env --default-signal``.
 """
 
 from __future__ import annotations
@@ -47,22 +58,14 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from codeworker.config import Settings, SetupNetwork
 from codeworker.sandbox.commands import CommandResult, Interrupts, command_env, run_process
 from codeworker.sandbox.network import TAP, NetworkUnavailable, UserNetwork
-from codeworker.sandbox.rootfs import (
-    SYSTEM_DIRS,
-    DataFiles,
-    etc_args,
-    identity_files,
-    python_paths,
-    system_args,
-    visible,
-)
+from codeworker.sandbox.rootfs import SYSTEM_DIRS, EtcCopy, python_paths, system_args, visible
 from codeworker.sandbox.setup_cache import CacheMount
 from codeworker.secrets.scanner import SCANNER_VENV
 
@@ -130,7 +133,7 @@ def _probe_network(bwrap: str, slirp4netns: str) -> str | None:
             done = run_process(
                 argv,
                 command,
-                Path("/"),
+                None,
                 {"PATH": "/usr/bin:/bin"},
                 PROBE_TIMEOUT,
                 network.pass_fds,
@@ -233,6 +236,9 @@ class Sandbox:
     """The setup result commands use (read-only), or that setup is writing (read-write)."""
     interrupts: Interrupts | None = None
     """What kills a running command before its timeout (the job's cancellation)."""
+    etc: EtcCopy = field(default_factory=EtcCopy, compare=False, repr=False)
+    """The ``/etc`` its commands see, copied at the first command (shared by :meth:`with_cache` and
+    by the other sandboxes of a job)."""
 
     @classmethod
     def for_checkout(
@@ -243,9 +249,11 @@ class Sandbox:
         git: GitView | None = None,
         scratch: Path | None = None,
         interrupts: Interrupts | None = None,
+        etc: EtcCopy | None = None,
     ) -> Sandbox:
         """The sandbox of a worktree: the checkout writable, the mirror readable with every
-        worktree's admin dir hidden and this one's private copy in its place, ``scratch`` writable."""
+        worktree's admin dir hidden and this one's private copy in its place, ``scratch`` writable;
+        its ``/etc`` is ``etc`` when another sandbox of the same job has one."""
         writable = [checkout]
         readable: list[Path] = []
         replaced: list[tuple[Path, Path]] = []
@@ -265,6 +273,7 @@ class Sandbox:
             tuple(hidden),
             fallback_home=scratch or Path(SANDBOX_TMP),
             interrupts=interrupts,
+            etc=etc or EtcCopy(),
         )
 
     def with_cache(self, cache: CacheMount | None) -> Sandbox:
@@ -302,26 +311,21 @@ class Sandbox:
         if network == "isolated" and network_problem(self.settings) is not None:
             check_sandbox(self.settings)  # raises unless allowed
             network = "host"
-        with DataFiles(identity_files()) as files:
-            if network != "isolated":
-                argv = self.bwrap_argv(argv, environment, network, files=files.args)
-                return run_process(
-                    argv, shown, self.checkout, outer_env, timeout, files.fds, interrupts=self.interrupts
-                )
-            with UserNetwork(self.settings.slirp4netns) as user_network:
-                argv = self.bwrap_argv(
-                    user_network.gated(argv), environment, network, user_network.bwrap_args(), files.args
-                )
-                return run_process(
-                    argv,
-                    shown,
-                    self.checkout,
-                    outer_env,
-                    timeout,
-                    [*user_network.pass_fds, *files.fds],
-                    user_network.attach,
-                    self.interrupts,
-                )
+        if network != "isolated":
+            argv = self.bwrap_argv(argv, environment, network)
+            return run_process(argv, shown, None, outer_env, timeout, interrupts=self.interrupts)
+        with UserNetwork(self.settings.slirp4netns) as user_network:
+            argv = self.bwrap_argv(user_network.gated(argv), environment, network, user_network.bwrap_args())
+            return run_process(
+                argv,
+                shown,
+                None,
+                outer_env,
+                timeout,
+                user_network.pass_fds,
+                user_network.attach,
+                self.interrupts,
+            )
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The allowlisted environment with HOME and TMPDIR in the private /tmp, plus ``extra``."""
@@ -342,26 +346,24 @@ class Sandbox:
         env: Mapping[str, str],
         network: SetupNetwork = "none",
         network_args: Sequence[str] = (),
-        files: Sequence[str] = (),
     ) -> list[str]:
         """The full bubblewrap command line (public so tests and operators can read it).
 
         Only ``host`` keeps the host's network; ``isolated`` needs ``network_args`` from a
-        :class:`~codeworker.sandbox.network.UserNetwork` to have any network at all. ``files`` are
-        the :class:`~codeworker.sandbox.rootfs.DataFiles` arguments (``/etc/passwd``, ``/etc/group``)."""
-        readable = [*python_paths(SYSTEM_DIRS), *self.settings.sandbox_extra_ro, *self.mounts.readable]
-        hidden = self._hidden_paths([*SYSTEM_DIRS, *readable])
-        args = [shutil.which(self.settings.bwrap) or self.settings.bwrap, *system_args()]
-        args += etc_args(network if network != "none" else None)
-        args += files
+        :class:`~codeworker.sandbox.network.UserNetwork` to have any network at all."""
+        layout = self._layout
+        # Checked at every command: a directory to hide may appear mid-job (the trajectories).
+        hidden = [str(path) for path in layout.hideable if path.is_dir()]
+        args = [layout.bwrap, *layout.system]
+        args += ["--ro-bind", str(self.etc.path(network if network != "none" else None)), "/etc"]
         args += ["--dev", "/dev", "--proc", "/proc"]
         args += ["--size", str(self.settings.sandbox_tmp_mb * 1024 * 1024), "--tmpfs", SANDBOX_TMP]
-        for path in readable:
-            args += ["--ro-bind", str(path), str(path)]
+        for path in layout.readable:
+            args += ["--ro-bind", path, path]
         for path in hidden:
-            args += ["--tmpfs", str(path)]
-        for path in self.mounts.writable:
-            args += ["--bind", str(path), str(path)]
+            args += ["--tmpfs", path]
+        for bound in self.mounts.writable:
+            args += ["--bind", str(bound), str(bound)]
         for source, target in self.mounts.replaced:
             args += ["--bind", str(source), str(target)]
         if self.cache is not None:
@@ -371,7 +373,7 @@ class Sandbox:
                 str(self.cache.target),
             ]
         for path in hidden:
-            args += ["--remount-ro", str(path)]
+            args += ["--remount-ro", path]
         if network != "host":
             args += ["--unshare-net", *network_args]
         args += ["--remount-ro", "/"]
@@ -382,25 +384,38 @@ class Sandbox:
         args += ["--chdir", str(self.checkout), "--", *argv]
         return args
 
-    def _hidden_paths(self, shown: Sequence[Path]) -> list[Path]:
-        """Existing directories that lie inside something ``shown`` read-only, to hide (parents
-        first), none that is bound itself."""
+    @cached_property
+    def _layout(self) -> Layout:
+        readable = [*python_paths(SYSTEM_DIRS), *self.settings.sandbox_extra_ro, *self.mounts.readable]
+        return Layout(
+            bwrap=shutil.which(self.settings.bwrap) or self.settings.bwrap,
+            system=tuple(system_args()),
+            readable=tuple(map(str, readable)),
+            hideable=tuple(self._hideable([*SYSTEM_DIRS, *readable])),
+            limits=tuple(self._limits()),
+        )
+
+    def _hideable(self, shown: Sequence[Path]) -> list[Path]:
+        """Directories to hide (parents first) when they exist: those that lie inside something
+        ``shown`` read-only, none that is bound itself."""
         home = Path(os.environ.get("HOME", "/root"))
         candidates = [*self.hidden, home, self.settings.trajectory_dir, SCANNER_VENV, *SECRET_MOUNTS]
         roots = [path.resolve() for path in shown]
         bound = {p.resolve() for p in (*self.mounts.writable, *self.mounts.readable)}
-        found: set[Path] = set()
-        for path in candidates:
-            real = path.resolve()
-            if real.is_dir() and real not in bound and real not in roots and visible(real, roots):
-                found.add(real)
-        return sorted(found, key=lambda p: (len(p.parts), str(p)))
+        found = {path.resolve() for path in candidates}
+        hideable = [
+            real for real in found if real not in bound and real not in roots and visible(real, roots)
+        ]
+        return sorted(hideable, key=lambda p: (len(p.parts), str(p)))
 
     def _limited(self, argv: list[str]) -> list[str]:
-        """``argv`` under prlimit: address space, CPU time, processes, file size, no core dumps."""
+        return [*self._layout.limits, *argv]
+
+    def _limits(self) -> list[str]:
+        """prlimit and its arguments: address space, CPU time, processes, file size, no core dumps."""
         prlimit = shutil.which("prlimit")
         if not self.limits or prlimit is None:
-            return argv
+            return []
         settings = self.settings
         return [
             prlimit,
@@ -410,5 +425,20 @@ class Sandbox:
             f"--fsize={settings.sandbox_file_mb * 1024 * 1024}",
             "--core=0",
             "--",
-            *argv,
         ]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What of a sandbox's bubblewrap command line stays the same from one command to the next,
+    worked out at its first command: the host's file system is looked at once, not at every one."""
+
+    bwrap: str
+    system: tuple[str, ...]
+    """:func:`~codeworker.sandbox.rootfs.system_args`."""
+    readable: tuple[str, ...]
+    """The worker's Python, ``CODEWORKER_SANDBOX_EXTRA_RO`` and the sandbox's own read-only mounts."""
+    hideable: tuple[Path, ...]
+    """Directories inside something shown, hidden whenever they exist."""
+    limits: tuple[str, ...]
+    """The prlimit prefix of every command (empty without limits)."""

@@ -226,7 +226,7 @@ class Checkout:
             for path, content in base.items():
                 _restore(copy, path, content)
             sandbox = Sandbox.for_checkout(
-                self._settings, copy, self._hidden_roots, None, self._scratch, self._cancel
+                self._settings, copy, self._hidden_roots, None, self._scratch, self._cancel, self._sandbox.etc
             )
             result = sandbox.with_cache(self._sandbox.cache).run(command, None, env)
         finally:
@@ -289,5 +289,6 @@ class Checkout:
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
+        self._sandbox.etc.remove()
         if self._git_view is not None:
             self._git_view.remove()

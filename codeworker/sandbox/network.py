@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from codeworker.sandbox.commands import Spawned
+
 TAP = "tap0"
 """The interface slirp4netns creates in the sandbox (10.0.2.100/24, default route via 10.0.2.2)."""
 
@@ -108,7 +110,7 @@ class UserNetwork:
         gate = f'read -r go < /proc/self/fd/{self._gate_bwrap} && exec "$@"'
         return ["/bin/sh", "-c", gate, "gate", *argv]
 
-    def attach(self, bwrap: subprocess.Popen[str], timeout: float) -> None:
+    def attach(self, bwrap: Spawned, timeout: float) -> None:
         """Bring the network up in ``bwrap``'s sandbox, then let its command start.
 
         Returns without a network when bubblewrap failed on its own (its output says why, and the

@@ -8,7 +8,8 @@ tmpfs, read-only once built) and gets only:
 - the system's executables and libraries: :data:`SYSTEM_DIRS`, read-only;
 - a minimal ``/etc`` of :data:`ETC_ENTRIES` (loader, name service, certificates, time zone, git's
   and Python's own configuration), generated ``passwd`` and ``group`` files that name the
-  sandbox's user alone, and for setup (the one command with a network) :data:`SETUP_ETC_ENTRIES`;
+  sandbox's user alone, and for setup (the one command with a network) :data:`SETUP_ETC_ENTRIES`,
+  all copied into one read-only directory (:class:`EtcCopy`);
 - the worker's Python installation (a venv and its base, wherever they live), read-only;
 - what the operator adds with ``CODEWORKER_SANDBOX_EXTRA_RO`` (a toolchain under ``/opt``),
   read-only; a repository can never add anything;
@@ -26,8 +27,12 @@ import contextlib
 import grp
 import os
 import pwd
+import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from codeworker.config import SetupNetwork
@@ -87,34 +92,91 @@ def system_args() -> list[str]:
     return args
 
 
-def etc_args(setup_network: SetupNetwork | None) -> list[str]:
-    """Bubblewrap's arguments for the allowlisted entries of ``/etc`` that exist on the host.
+def etc_entries(setup_network: SetupNetwork | None) -> list[str]:
+    """The allowlisted entries of ``/etc`` for a command.
 
     ``setup_network`` is the network of a setup command ("host" adds :data:`SETUP_ETC_ENTRIES`,
     "isolated" adds the package managers' configuration, its resolver coming from
-    :mod:`~codeworker.sandbox.network`); None for every other command. A link whose target the
-    sandbox shows is kept a link; any other is bound as what it points to."""
+    :mod:`~codeworker.sandbox.network`); None for every other command."""
     names = list(ETC_ENTRIES)
     if setup_network == "host":
         names += SETUP_ETC_ENTRIES
     elif setup_network == "isolated":
         names += [name for name in SETUP_ETC_ENTRIES if name != "resolv.conf"]
+    return names
+
+
+class EtcCopy:
+    """A sandbox's ``/etc``: one directory, bound read-only, holding a copy of each allowlisted
+    entry the host has (:func:`etc_entries`) and the generated ``passwd`` and ``group``.
+
+    One bind mount rather than one per entry: bubblewrap reads the whole mount table again for
+    every mount it makes, so twenty entries of ``/etc`` cost each command about a millisecond. The
+    copy is made at the first command (one per network: setup sees more of ``/etc``) and removed
+    by :meth:`remove` (a job's :class:`~codeworker.sandbox.checkout.Checkout` does it when it
+    closes), else when the last sandbox holding it is gone: a job's commands see ``/etc`` as it
+    was when the job ran its first. A link whose target the sandbox shows stays a link; any other
+    entry is copied as what it points to, and what the worker cannot read is left out (a command
+    could not read it either).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: dict[SetupNetwork | None, Path] = {}
+        self._owner = os.getpid()
+        weakref.finalize(self, _remove_copies, self._owner, self._made)
+
+    def path(self, setup_network: SetupNetwork | None) -> Path:
+        """The directory to bind at ``/etc`` for a command with ``setup_network``."""
+        with self._lock:
+            made = self._made.get(setup_network)
+            if made is None:
+                made = self._made[setup_network] = _copy_etc(setup_network)
+            return made
+
+    def remove(self) -> None:
+        """Remove the copies made so far; a later command makes a new one."""
+        with self._lock:
+            _remove_copies(self._owner, self._made)
+
+
+def _remove_copies(owner: int, made: dict[SetupNetwork | None, Path]) -> None:
+    if os.getpid() == owner:  # a forked child (Celery's prefork pool) leaves its parent's alone
+        for path in made.values():
+            shutil.rmtree(path, ignore_errors=True)
+        made.clear()
+
+
+def _copy_etc(setup_network: SetupNetwork | None) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="cw-etc-"))
+    root.chmod(0o755)
     shown = [*SYSTEM_DIRS, Path("/etc")]
-    args = ["--dir", "/etc"]
-    for name in names:
-        path = Path("/etc") / name
-        if not path.exists():
+    for name in etc_entries(setup_network):
+        source, target = Path("/etc") / name, root / name
+        if not source.exists():
             continue
-        if path.is_symlink() and visible(path.resolve(), shown):
-            args += ["--symlink", str(path.readlink()), str(path)]
-        else:
-            args += ["--ro-bind", str(path), str(path)]
-    return args
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink() and visible(source.resolve(), shown):
+            target.symlink_to(source.readlink())
+            continue
+        # What the worker cannot read is left out: copytree raises only after copying the rest.
+        with contextlib.suppress(OSError):
+            if source.is_dir():
+                shutil.copytree(source, target, symlinks=True)
+            else:
+                shutil.copy2(source, target)
+    if setup_network == "isolated":
+        (root / "resolv.conf").touch()  # where the isolated network binds its resolver's address
+    for name, text in identity_files().items():
+        (root / name).write_text(text)
+        (root / name).chmod(0o644)
+    return root
 
 
 def identity_files() -> dict[str, str]:
-    """``/etc/passwd`` and ``/etc/group`` naming only root, the sandbox's user and nobody, with
-    the private /tmp as home: the host's accounts are none of a command's business."""
+    """``passwd`` and ``group`` of the sandbox's ``/etc`` (by name), naming only root, the sandbox's
+    user and nobody, with the private /tmp as home: the host's accounts are none of a command's
+    business."""
     uid, gid = os.getuid(), os.getgid()
     users = {0: ("root", 0), uid: (_user_name(uid), gid), NOBODY: ("nobody", NOBODY)}
     groups = {0: "root", gid: _group_name(gid), NOBODY: "nogroup"}
@@ -123,7 +185,7 @@ def identity_files() -> dict[str, str]:
         for number, (name, group) in users.items()
     )
     group = "".join(f"{name}:x:{number}:\n" for number, name in groups.items())
-    return {"/etc/passwd": passwd, "/etc/group": group}
+    return {"passwd": passwd, "group": group}
 
 
 def python_paths(roots: Sequence[Path]) -> list[Path]:
@@ -145,31 +207,3 @@ def _group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return "codeworker"
-
-
-class DataFiles:
-    """Files made for one command and handed to bubblewrap through pipes, so nothing is written
-    to disk: ``--ro-bind-data`` reads each pipe as the file's content. Close after bubblewrap
-    started (it holds its own copies of the pipes)."""
-
-    def __init__(self, files: Mapping[str, str]) -> None:
-        self.args: list[str] = []
-        self.fds: list[int] = []
-        for target, text in files.items():
-            read, write = os.pipe()
-            self.fds.append(read)
-            with contextlib.closing(os.fdopen(write, "wb")) as pipe:
-                pipe.write(text.encode())  # a few hundred bytes, far below a pipe's buffer
-            # Readable by everyone: bubblewrap makes such files 0600, its user's alone, by default.
-            self.args += ["--perms", "0644", "--ro-bind-data", str(read), target]
-
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds.clear()
-
-    def __enter__(self) -> DataFiles:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,51 +1,69 @@
 """Secret scan of what a job is about to commit, before anything is pushed.
 
-trufflehog3 does the matching, but it is never imported: it is GPL-2.0 and pins old libraries
-(Jinja2 3.1.4, attrs 20.3.0), so it lives in its own virtualenv (``.venv-scanner``, built by
-``make scanner``) and runs as a subprocess with codeworker's rule pack (``codeworker/secrets/rules.yml``).
-Only the lines a job adds are scanned: they are written into a fresh temporary tree of small
-numbered files, and every line the scanner reports is mapped back to its file and line number.
+trufflehog3 does the matching, but it is never imported into the worker: it is GPL-2.0 and pins old
+libraries (Jinja2 3.1.4, attrs 20.3.0), so it lives in its own virtualenv (``.venv-scanner``, built
+by ``make scanner``) and runs in a separate process, on the far side of a pipe, with codeworker's
+rule pack (``codeworker/secrets/rules.yml``). That process is long-lived
+(:mod:`codeworker.secrets.scand`, driven by :mod:`codeworker.secrets.process`): starting an
+interpreter, importing trufflehog3 and compiling the rules take about 0.2 s, ten times the search of
+a 200-line diff, so they are paid once per worker process and each job pays only for its own text
+(``bench/secrets_scan.py``).
+It is started on the first scan, replaced when it has died, killed after any scan it failed, and
+killed when its :class:`SecretScanner` is collected or the worker exits.
 
-The scan fails closed: a missing, hung or crashing scanner, or output we cannot parse, raises
-:class:`~codeworker.secrets.findings.ScanError` and the pipeline pushes nothing. Secrets are
-redacted here, as soon as they are read from the scanner's output, so no full secret reaches a log
+Only the lines a job adds are scanned: they are cut into small numbered segments
+(:mod:`codeworker.secrets.segments`), sent as texts, searched in memory by trufflehog3's own
+``search``, and every line it reports is mapped back to its file and line number.
+
+The scan fails closed: a missing, hung or crashing scanner, or an answer we cannot parse, raises
+:class:`~codeworker.secrets.findings.ScanError` and the pipeline pushes nothing; a scan that
+outlives its timeout has its process killed, and the next scan starts a new one. Secrets are
+redacted here, as soon as they are read from the scanner's answer, so no full secret reaches a log
 line or a job result.
 
 Three checks live in this package rather than in the rule pack, because trufflehog3 rules cannot
 express them: key files by path and placeholders (:mod:`codeworker.secrets.findings`), and long
 lines (:mod:`codeworker.secrets.segments`).
 
-trufflehog3 quirks this module works around (checked on 3.0.10):
+trufflehog3 quirks this package works around (checked on 3.0.10):
 
-- it reads ``.trufflehog3.yml`` from the scanned tree unless ``--config`` is given: we always
-  pass our own (empty) config and our own rules file from this package;
-- ``nosecret`` anywhere on a line silences it: we pass ``--ignore-nosecret``;
-- it skips ``.git`` and ``.trufflehog3.yml`` silently, and files it cannot decode: the scan tree
-  holds only numbered UTF-8 files we write ourselves (undecodable characters replaced), and any
-  "skipping file" warning fails the scan;
-- it numbers lines with ``str.splitlines``, which also breaks on more than newlines: the scan tree
-  has none of those characters (:mod:`codeworker.secrets.segments`).
+- the rules come from this package only, sent over the pipe: no rules or config file is read from
+  anywhere else, the scanned text included;
+- ``nosecret`` anywhere on a line silences a finding: the search ignores it (``--ignore-nosecret``);
+- it numbers lines with ``str.splitlines``, which also breaks on more than newlines: segments have
+  none of those characters (:mod:`codeworker.secrets.segments`);
+- it re-splits a whole text for every match it reports: segments are small;
+- it skips files it cannot decode, silently: texts go over the pipe, never through a file, as
+  UTF-8 with a lone surrogate (a diff decoded with surrogateescape) replaced by ``?``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import functools
 import logging
 import os
-import re
 import shutil
-import signal
-import subprocess
-import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-from codeworker.sandbox.commands import with_default_signals
 from codeworker.secrets.findings import ScanError, SecretFinding, blocking, is_placeholder, key_files, redact
-from codeworker.secrets.segments import Segment, segments_of, write_tree
+from codeworker.secrets.process import ScannerProcess, scanner_env
+from codeworker.secrets.segments import Segment, segments_of
+
+# ScanError and scanner_env are defined next door and imported from here by the callers.
+__all__ = [
+    "DEFAULT_SCANNER",
+    "RULES",
+    "SCANNER_NAME",
+    "SCANNER_VENV",
+    "ScanError",
+    "SecretScanner",
+    "scanner_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,39 +79,38 @@ DEFAULT_SCANNER = SCANNER_VENV / "bin" / SCANNER_NAME
 RULES = resources.files(__package__).joinpath("rules.yml")
 """The rule pack, inside the package (never read from the scanned repository)."""
 
-_PROCESSES = 1
-"""trufflehog3's worker pool size: one is enough for a job's diff and keeps workers lean."""
-
-_EXIT_CLEAN = 0
-_EXIT_FOUND = 2
-"""trufflehog3 exits 0 without findings and 2 with some; anything else is a crash."""
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def scanner_env() -> dict[str, str]:
-    """The scanner's whole environment: no tokens, no Redis URL, nothing but what it needs.
-
-    ``LANG`` is fixed to UTF-8 because trufflehog3 decodes files with the locale's encoding.
-    """
-    return {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "HOME": os.environ.get("HOME", "/nonexistent"),
-        "LANG": "C.UTF-8",
-    }
-
 
 class SecretScanner:
-    """Runs trufflehog3 with codeworker's rules over the lines a job adds.
+    """Scans the lines a job adds with trufflehog3 and codeworker's rules, in one long-lived
+    scanner process per instance (a worker process keeps one instance for all its jobs).
 
-    ``executable`` empty means ``.venv-scanner/bin/trufflehog3`` under the project root if it
-    exists, else ``trufflehog3`` on PATH. It is looked up when scanning, not here, so a worker
-    without a scanner still starts and can report the problem.
+    ``executable`` is what runs the scanner: a ``trufflehog3`` console script stands for the
+    ``python`` beside it in its virtualenv (what ``CODEWORKER_SCANNER`` names in the deployments),
+    any other executable is taken as the Python interpreter that has trufflehog3. Empty means
+    ``.venv-scanner/bin/trufflehog3`` under the project root if it exists, else ``trufflehog3``
+    on PATH. It is looked up when scanning, not here, so a worker without a scanner still starts
+    and can report the problem.
+
+    Thread-safe: concurrent scans take turns on the one process.
     """
 
     def __init__(self, executable: str = "", timeout: float = 120.0) -> None:
         self.executable = executable
         self.timeout = timeout
+        self._process = ScannerProcess()
+        self._lock = threading.Lock()
+        # Without a reference to self, so collecting the scanner (or exiting) stops its process.
+        weakref.finalize(self, self._process.stop)
+
+    @property
+    def pid(self) -> int | None:
+        """The id of the scanner process this scanner started and keeps, if one is running."""
+        return self._process.pid
+
+    def close(self) -> None:
+        """Stop the scanner process now; the next scan starts a new one."""
+        with self._lock:
+            self._process.stop()
 
     def scan(self, added: Mapping[str, Sequence[tuple[int, str]]]) -> list[SecretFinding]:
         """Findings in ``added``: repo-relative path -> (1-based line number, text) of added lines.
@@ -105,38 +122,17 @@ class SecretScanner:
         if not files:
             return []
         segments = segments_of(files)
-        executable = self.resolve_executable()
+        interpreter = self.resolve_executable()
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="codeworker-scan-") as tmp:
-            root = Path(tmp)
-            tree = root / "tree"
-            tree.mkdir()
-            names = write_tree(tree, segments)
-            config = root / "config.yml"
-            config.write_text("{}\n", encoding="utf-8")
-            with resources.as_file(RULES) as rules:
-                command = [
-                    executable,
-                    "--no-history",
-                    "--config",
-                    str(config),
-                    "--rules",
-                    str(rules),
-                    "--format",
-                    "JSON",
-                    "--ignore-nosecret",
-                    "--processes",
-                    str(_PROCESSES),
-                    "--verbose",  # warnings on stderr, so a skipped file is seen
-                    str(tree),
-                ]
-                returncode, stdout, stderr = self._run(command, cwd=root)
+        texts = ["\n".join(segment.texts) for segment in segments]
+        with self._lock:
+            answer = self._process.request(interpreter, {"texts": texts}, _rule_pack(), self.timeout)
         findings = sorted(
-            {*_parse(returncode, stdout, stderr, names), *key_files(files)},
+            {*_parse(answer, segments), *key_files(files)},
             key=lambda f: (f.path, f.line, f.rule, f.redacted),
         )
         log.info(
-            "secret scan of %d file(s): %d finding(s), %d blocking, %.2f s",
+            "secret scan of %d file(s): %d finding(s), %d blocking, %.3f s",
             len(files),
             len(findings),
             len(blocking(findings)),
@@ -145,7 +141,11 @@ class SecretScanner:
         return findings
 
     def resolve_executable(self) -> str:
-        """The scanner to run, or ScanError saying how to get one."""
+        """The Python interpreter that runs the scanner process, or ScanError saying how to get one."""
+        return _interpreter(self._locate())
+
+    def _locate(self) -> str:
+        """The configured executable (or the default one), found on disk or on PATH."""
         if self.executable:
             if os.sep in self.executable:
                 if os.access(self.executable, os.X_OK) and Path(self.executable).is_file():
@@ -164,97 +164,58 @@ class SecretScanner:
             f"secret scanner not found at {DEFAULT_SCANNER} nor {SCANNER_NAME} on PATH: run `make scanner`"
         )
 
-    def _run(self, command: list[str], cwd: Path) -> tuple[int, bytes, bytes]:
-        """Run the scanner in its own session, so a timeout kills its pool workers too."""
-        try:
-            process = subprocess.Popen(
-                with_default_signals(command),
-                cwd=cwd,
-                env=scanner_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ScanError(f"secret scanner {command[0]} could not be started: {exc.strerror}") from exc
-        try:
-            stdout, stderr = process.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_session(process)
-            process.communicate()
-            raise ScanError(f"secret scan timed out after {self.timeout:g} s") from None
-        except BaseException:
-            _kill_session(process)
-            process.communicate()
-            raise
-        return process.returncode, stdout, stderr
+
+@functools.cache
+def _rule_pack() -> str:
+    """The rule pack's text, read once per process; the scanner process gets it over its pipe."""
+    return RULES.read_text(encoding="utf-8")
 
 
-def _kill_session(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+def _interpreter(executable: str) -> str:
+    """The interpreter for an executable: the virtualenv's ``python`` beside a trufflehog3 script
+    (pip installs both into the same ``bin``), else the executable itself."""
+    path = Path(executable)
+    if path.name != SCANNER_NAME:
+        return executable
+    python = path.with_name("python")
+    if os.access(python, os.X_OK):
+        return str(python)
+    raise ScanError(f"no python beside {executable} (trufflehog3 outside a virtualenv): run `make scanner`")
 
 
-def _stderr_tail(stderr: bytes) -> str:
-    """The last line the scanner printed (its error), for the ScanError message."""
-    lines = [line.strip() for line in _ANSI.sub("", stderr.decode("utf-8", "replace")).splitlines()]
-    lines = [line for line in lines if line]
-    return lines[-1][:300] if lines else "no error output"
+def _parse(answer: Mapping[str, object], segments: Sequence[Segment]) -> set[SecretFinding]:
+    """Findings from the scanner's answer, placeholders dropped; ScanError if it cannot be trusted.
 
-
-def _parse(returncode: int, stdout: bytes, stderr: bytes, names: Mapping[str, Segment]) -> set[SecretFinding]:
-    """Findings from trufflehog3's JSON report, placeholders dropped; ScanError if the report cannot
-    be trusted.
-
-    Error messages never quote stdout: it holds the secrets in full.
+    Error messages never quote the answer: it holds the secrets in full.
     """
-    if returncode not in (_EXIT_CLEAN, _EXIT_FOUND):
-        raise ScanError(f"secret scanner failed with exit status {returncode}: {_stderr_tail(stderr)}")
-    skipped = [
-        line
-        for line in _ANSI.sub("", stderr.decode("utf-8", "replace")).splitlines()
-        if "skipping file" in line
-    ]
-    if skipped:
-        raise ScanError(f"secret scanner skipped {len(skipped)} file(s): {skipped[0].strip()[:300]}")
-    try:
-        report = json.loads(stdout)
-    except ValueError:
-        raise ScanError(f"secret scanner printed {len(stdout)} bytes that are not JSON") from None
-    if not isinstance(report, list):
-        raise ScanError("secret scanner printed JSON that is not a list of findings")
-    if (returncode == _EXIT_FOUND) != bool(report):
-        raise ScanError(
-            f"secret scanner exit status {returncode} disagrees with its {len(report)} finding(s)"
-        )
-    findings = {_finding(issue, names) for issue in report}
+    issues = answer.get("issues")
+    if not isinstance(issues, list):
+        raise ScanError("secret scanner answered without a list of findings")
+    findings = {_finding(issue, segments) for issue in issues}
     return {finding for finding in findings if finding is not None}
 
 
-def _finding(issue: object, names: Mapping[str, Segment]) -> SecretFinding | None:
-    """One finding from one entry of the report, its secret redacted; None for a placeholder."""
-    unreadable = ScanError("secret scanner printed a finding codeworker cannot read")
-    if not isinstance(issue, dict) or not isinstance(issue.get("rule"), dict):
-        raise unreadable
-    rule, secret, path = issue["rule"], issue.get("secret"), issue.get("path")
-    if not isinstance(secret, str) or not isinstance(path, str):
-        raise unreadable
-    segment = names.get(path)
-    if segment is None:
-        raise ScanError("secret scanner reported a file it was not given")
+def _finding(issue: object, segments: Sequence[Segment]) -> SecretFinding | None:
+    """One finding from one issue of the answer, its secret redacted; None for a placeholder."""
+    if not isinstance(issue, list) or len(issue) != 5:
+        raise ScanError("secret scanner printed a finding codeworker cannot read")
+    index, line, rule, severity, secret = issue
+    if not isinstance(secret, str) or not all(isinstance(field, str) for field in (rule, severity)):
+        raise ScanError("secret scanner printed a finding codeworker cannot read")
+    if not isinstance(index, int) or not 0 <= index < len(segments):
+        raise ScanError("secret scanner reported a text it was not given")
     if is_placeholder(secret):
         return None
+    segment = segments[index]
+    if not isinstance(line, int) or not 1 <= line <= len(segment.numbers):
+        raise ScanError("secret scanner printed a finding codeworker cannot read")
     try:
-        index = int(issue.get("line", ""))
-        if not 1 <= index <= len(segment.numbers):
-            raise ValueError(index)
         return SecretFinding(
             path=segment.path,
-            line=segment.numbers[index - 1],
-            rule=str(rule["id"]),
-            severity=str(rule["severity"]).upper(),
+            line=segment.numbers[line - 1],
+            rule=rule,
+            severity=severity.upper(),
             redacted=redact(secret),
         )
-    except (KeyError, TypeError, ValueError):
-        raise unreadable from None
+    except ValueError:
+        raise ScanError("secret scanner printed a finding codeworker cannot read") from None

@@ -1,7 +1,7 @@
-"""The scan tree: the lines a job adds, cut into small numbered files, each line with its number.
+"""What the scanner is given: the lines a job adds, cut into small segments, each line with its number.
 
 Long lines (:data:`MAX_LINE_CHARS`) are handled here rather than in the rule pack, because
-trufflehog3 rules cannot express it: trufflehog3 re-splits a whole file for every match it reports,
+trufflehog3 rules cannot express it: trufflehog3 re-splits a whole text for every match it reports,
 so a long keyword-dense line costs matches x length. Long lines are cut into overlapping windows and
 files into small segments, which keeps the cost linear.
 
@@ -14,10 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from codeworker.names import relative_path
-from codeworker.secrets.findings import ScanError
 
 MAX_LINE_NUMBER = 10_000_000
 """Larger line numbers are a caller bug."""
@@ -30,8 +28,8 @@ WINDOW_OVERLAP = 1_024
 rule-pack tests check it), so every match lies whole inside some window."""
 
 SEGMENT_CHARS = 16_384
-"""Most characters per scan-tree file. trufflehog3 re-splits the whole file for every match it
-reports; small files keep a keyword-dense diff linear in its size."""
+"""Most characters per segment. trufflehog3 re-splits the whole text for every match it reports;
+small segments keep a keyword-dense diff linear in its size."""
 
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 """Every character ``str.splitlines`` breaks on (and universal newlines would translate)."""
@@ -39,7 +37,7 @@ _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 @dataclass
 class Segment:
-    """One scan-tree file: some lines of one repository file, each with its number in that file."""
+    """One text the scanner searches: some lines of one repository file, each with its number there."""
 
     path: str
     numbers: list[int] = field(default_factory=list)
@@ -69,7 +67,7 @@ def _windows(text: str) -> Iterator[str]:
 
 
 def segments_of(files: Mapping[str, Sequence[tuple[int, str]]]) -> list[Segment]:
-    """The added lines cut into scan-tree files of at most about SEGMENT_CHARS characters."""
+    """The added lines cut into segments of at most about SEGMENT_CHARS characters."""
     segments: list[Segment] = []
     seen: dict[str, str] = {}
     for path, lines in files.items():
@@ -88,21 +86,3 @@ def segments_of(files: Mapping[str, Sequence[tuple[int, str]]]) -> list[Segment]
                 segment.size += len(piece) + 1
         segments.append(segment)
     return segments
-
-
-def write_tree(tree: Path, segments: Sequence[Segment]) -> dict[str, Segment]:
-    """Write each segment as a numbered file; return scan-tree name -> segment.
-
-    Numbered names also keep clear of the names trufflehog3 skips (``.git``, ``.trufflehog3.yml``).
-    """
-    names: dict[str, Segment] = {}
-    for index, segment in enumerate(segments):
-        name = f"{index:06d}.txt"
-        try:
-            with (tree / name).open("w", encoding="utf-8", errors="replace", newline="\n") as out:
-                out.write("\n".join(segment.texts))
-                out.write("\n")
-        except OSError as exc:
-            raise ScanError(f"could not prepare {segment.path} for the secret scan: {exc.strerror}") from exc
-        names[name] = segment
-    return names

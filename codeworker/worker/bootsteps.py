@@ -23,7 +23,11 @@ from codeworker.config import get_settings
 from codeworker.coordination.connection import redis_for
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.registry import BranchRegistry
-from codeworker.worker import cancelling  # noqa: F401  (registers the revoke and cancel commands)
+from codeworker.pipeline import stages
+from codeworker.worker import (
+    cancelling,  # noqa: F401  (registers the revoke and cancel commands)
+    metrics,
+)
 from codeworker.worker import signals as worker_signals
 from codeworker.worker.health import ConsumerHeartbeat, RedisPing
 from codeworker.worker.http import HttpServer, WorkerState
@@ -35,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PROBE_TASK = "codeworker.health_probe"
 PROBE_HEADER = "codeworker_probe"
+
+STAGES = (stages.checkout, *stages.AFTER_CHECKOUT, stages.resume, stages.pull_request, stages.merge)
+"""Every stage an operation run enters (``OperationRun._run_stages``): their series start at zero."""
 
 
 @dataclass
@@ -119,6 +126,8 @@ class HttpService(bootsteps.StartStopStep):
             registry=BranchRegistry(redis_for(settings), Keys(settings.key_prefix)),
             started_at=time.time(),
         )
+        # Before the first scrape can come: an idle worker shows every known series at zero.
+        metrics.export_zeros(settings.model, [stage.__name__ for stage in STAGES])
         _services.server = HttpServer(
             create_http_app(settings, state), settings.http_host, settings.port
         ).start()

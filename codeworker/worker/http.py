@@ -1,8 +1,9 @@
 """The worker's small HTTP server: ``/health``, ``/status``, ``/metrics`` and the GitHub webhook.
 
-It runs on a thread of each worker's main process (a Celery bootstep starts it, see
-:mod:`codeworker.worker.bootsteps`). What it shows is handed in as a :class:`WorkerState`, so this module
-never imports Celery and an app can be built in a test around a real Redis without a worker.
+It runs on threads of each worker's main process (a Celery bootstep starts it, see
+:mod:`codeworker.worker.bootsteps`), served by waitress. What it shows is handed in as a
+:class:`WorkerState`, so this module never imports Celery and an app can be built in a test around a
+real Redis without a worker.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import BaseWSGIServer, make_server
+from waitress import wasyncore
+from waitress.server import create_server
+from waitress.trigger import trigger
 
 from codeworker import logs
 from codeworker.config import Settings
@@ -150,23 +154,54 @@ def _pull_request_closed(registry: BranchRegistry, payload: dict[str, Any]) -> t
 
 # -- serving -----------------------------------------------------------------------------------------
 
+THREADS = 4
+"""Threads that run requests. Every handler is short (a scrape reads a few small files, /health
+waits at most a second for Redis), so a few keep a slow /health from delaying a scrape; a burst
+beyond them waits in waitress's queue rather than starting a thread per connection."""
+
+MAX_BODY_BYTES = 25 * 1024 * 1024
+"""Largest request body read: GitHub caps a webhook delivery's payload at 25 MB."""
+
+STOP_TIMEOUT = 2.0
+"""Seconds :meth:`HttpServer.stop` waits for the loop and for requests being answered."""
+
 
 class HttpServer:
-    """A threaded werkzeug server on a daemon thread: it must never keep a worker from exiting."""
+    """The app served by waitress from threads of this process, started and stopped by the worker.
+
+    waitress runs one asyncore loop that accepts connections and reads requests, and hands each
+    complete request to a fixed pool of :data:`THREADS` threads that run the app. Every one of those
+    threads is a daemon, and :meth:`stop` waits for them only :data:`STOP_TIMEOUT` seconds: the
+    server never keeps a worker from exiting.
+    """
 
     def __init__(self, app: Flask, host: str, port: int) -> None:
-        self.server: BaseWSGIServer = make_server(host, port, app, threaded=True)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="codeworker-http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_port
+        # Bound here, once, on the one address given: a port in use fails at construction, and port
+        # 0 gets one free port even for a host name that resolves to several addresses.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family)
+        self.port: int = listener.getsockname()[1]
+        self._map: dict[int, Any] = {}
+        self.server = create_server(
+            app, map=self._map, sockets=[listener], threads=THREADS, max_request_body_size=MAX_BODY_BYTES
+        )
+        # asyncore objects belong to the loop's thread; stop() hands the closing to it through this.
+        self._wake = trigger(self._map)
+        self._thread = threading.Thread(target=self.server.run, name="codeworker-http", daemon=True)
 
     def start(self) -> HttpServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        """Close the listening socket and every connection (the loop ends once none is left), then
+        let the request threads finish what they are answering."""
+        if self._thread.is_alive():
+            self._wake.pull_trigger(self._close_all)
+            self._thread.join(timeout=STOP_TIMEOUT)
+        else:
+            self._close_all()
+        self.server.task_dispatcher.shutdown(timeout=STOP_TIMEOUT)
+
+    def _close_all(self) -> None:
+        wasyncore.close_all(self._map, ignore_all=True)

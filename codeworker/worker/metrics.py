@@ -10,19 +10,24 @@ on first ``.labels()``, which happens after :func:`use_directory` and in the pro
 so importing this module early (the CLI imports the pipeline) never binds a sample to the wrong
 storage. No label carries an operation id or a path: label values must stay few.
 
+A series appears only once some process created it, so the main process creates, at zero, every
+series whose label values are known before any job (:func:`export_zeros`): a scrape of an idle
+worker already shows them, and ``rate()`` and the alerts see 0 rather than no data.
+
 The pipeline and the task signals call the small functions at the bottom; nothing else touches the
 metric objects.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,8 +40,11 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from codeworker.models import OperationType, Status
+from codeworker.secrets.findings import BLOCKING_SEVERITIES, Severity
 from codeworker.worker.journal import alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -47,6 +55,19 @@ JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2400)
 STAGE_SECONDS_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
 LOCK_SECONDS_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITERATION_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+CACHE_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+"""A ratio in [0, 1]: finer near the top, where a job whose turns re-read the conversation lands."""
+
+JOB_STATUSES = (*(status.value for status in Status), "requeued", "retry", "failure")
+"""Every ``status`` of ``codeworker_jobs_finished_total``: a result's, "requeued" (a shutdown
+interrupted the job, ``signals.REQUEUED``), and the task states "retry" and "failure" (the task
+raised rather than returned a result)."""
+
+LOCK_OUTCOMES = ("acquired", "deferred", "conflict")
+"""Every ``outcome`` of ``codeworker_lock_wait_seconds`` (see :func:`lock_wait`)."""
+
+VERDICTS = ("true", "false")
+"""Every ``verified`` of ``codeworker_verifications_total``."""
 
 JOBS_STARTED = Counter("codeworker_jobs_started", "Jobs a pool process started running.", ["operation_type"])
 JOBS_FINISHED = Counter(
@@ -108,6 +129,13 @@ MODEL_TOKENS = Counter(
     ["kind"],
 )
 MODEL_COST = Counter("codeworker_model_cost_usd", "US dollars spent on the model API.", ["model"])
+MODEL_CACHE_HIT_RATIO = Histogram(
+    "codeworker_model_cache_hit_ratio",
+    "Share of a job's model input tokens read from the prompt cache: cache reads over input tokens, "
+    "cache reads and cache writes; once per job that called the model.",
+    ["model"],
+    buckets=CACHE_RATIO_BUCKETS,
+)
 AGENT_ITERATIONS = Histogram(
     "codeworker_agent_iterations",
     "Edit-test iterations an executor needed per job.",
@@ -239,7 +267,47 @@ def totals() -> dict[str, object]:
             elif sample.name == "codeworker_jobs_finished_total":
                 status = sample.labels["status"]
                 finished[status] = finished.get(status, 0.0) + sample.value
-    return {"started": int(started), "finished": {k: int(v) for k, v in sorted(finished.items())}}
+    # The statuses no job ended with yet are exported at zero; /status lists only what happened.
+    return {"started": int(started), "finished": {k: int(v) for k, v in sorted(finished.items()) if v}}
+
+
+def export_zeros(model: str, stages: Iterable[str]) -> None:
+    """Create every series whose label values are known before the first job, at zero.
+
+    Called in the worker's main process once :func:`use_directory` chose the directory, so the
+    zeros are in its file and every scrape shows them; the pool children write their own files
+    (prometheus_client starts new ones after a fork). ``model`` is the configured model (the one
+    open label that has a known value), ``stages`` the pipeline's stage names. Left out: the tool
+    of ``codeworker_secrets_scrubbed_total`` (any executor's tool names) and the kind of
+    ``codeworker_external_errors_total`` (git's falls back to the exception's class name).
+    """
+    types = [kind.value for kind in OperationType]
+    for metric in (
+        JOBS_STARTED,
+        JOB_DURATION,
+        JOBS_ACTIVE,
+        JOBS_REDELIVERED,
+        LOCK_CONFLICTS,
+        AGENT_ITERATIONS,
+        PUSH_FAILURES,
+        PULL_REQUEST_FAILURES,
+    ):
+        _at_zero(metric, types)
+    _at_zero(JOBS_FINISHED, types, JOB_STATUSES)
+    _at_zero(VERIFICATIONS, types, VERDICTS)
+    _at_zero(STAGE_DURATION, stages)
+    _at_zero(LOCK_WAIT, LOCK_OUTCOMES)
+    _at_zero(SECRET_FINDINGS, get_args(Severity))
+    _at_zero(SECRET_BLOCKS, sorted(BLOCKING_SEVERITIES))
+    _at_zero(MODEL_TOKENS, TOKEN_KINDS)
+    _at_zero(MODEL_COST, [model])
+    _at_zero(MODEL_CACHE_HIT_RATIO, [model])
+
+
+def _at_zero(metric: MetricWrapperBase, *label_values: Iterable[str]) -> None:
+    """``metric``'s series for every combination of ``label_values`` (one iterable per label)."""
+    for combination in itertools.product(*label_values):
+        metric.labels(*combination)
 
 
 # -- what the task signals and the pipeline record -----------------------------------------------
@@ -293,6 +361,13 @@ class _Usage(Protocol):
     cost_usd: float
 
 
+def cache_hit_ratio(usage: _Usage) -> float | None:
+    """Share of the input tokens ``usage`` billed that were read from the prompt cache; None when
+    it billed no input (the job never called the model)."""
+    prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    return usage.cache_read_tokens / prompt if prompt else None
+
+
 def model_usage(model: str, usage: _Usage) -> None:
     """A job's model usage (the result's ``usage``), once per job."""
     for kind, field in TOKEN_KINDS.items():
@@ -301,6 +376,9 @@ def model_usage(model: str, usage: _Usage) -> None:
             MODEL_TOKENS.labels(kind).inc(count)
     if usage.cost_usd:
         MODEL_COST.labels(model).inc(usage.cost_usd)
+    ratio = cache_hit_ratio(usage)
+    if ratio is not None:
+        MODEL_CACHE_HIT_RATIO.labels(model).observe(ratio)
 
 
 def agent_iterations(operation_type: str, iterations: int) -> None:

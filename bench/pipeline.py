@@ -1,0 +1,162 @@
+"""What a job costs besides the model and the tests, against its floor.
+
+    .venv/bin/python -m bench.pipeline [--quick]
+
+One job after another through the whole pipeline in this process (claim, checkout, register,
+lock, setup, baseline, execute, verify, scan, commit, push, pull request against the GitHub
+stand-in, cleanup) with an executor that changes one line and a repository without tests, so
+nothing but codeworker's own work is timed. The floor is the checkout floor, ``git worktree add``
+of the same repository (about 5,000 files) from the same mirror. Prints the figure and the median
+of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from bench.checkout import generate_repo
+from bench.report import Figure, median, print_figures, spread, timed
+from codeworker.config import Settings
+from codeworker.executors.base import Outcome, Workspace
+from codeworker.loopback.github_stub import GitHubStub
+from codeworker.loopback.gitserver import GitServer
+from codeworker.loopback.redis_server import RedisServer
+from codeworker.models import Job
+from codeworker.pipeline.run import Progress
+from codeworker.pipeline.service import Pipeline
+
+TOKEN = "bench-token-0123456789"
+TARGET = 1.5
+FILES = 5_000
+CHANGED = "pkg/d000/module_00000.py"
+
+
+class OneLine:
+    """The no-op executor: one line appended to one file."""
+
+    name = "one-line"
+
+    def run(self, job: Job, workspace: Workspace) -> Outcome:
+        path = workspace.root / CHANGED
+        workspace.write_file(CHANGED, path.read_text() + f"# {job.operation_id}\n")
+        return Outcome(summary="one line")
+
+
+class StageClock:
+    """Seconds from each stage's start to the next one's (the last stage ends with the job)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+        self._current: tuple[str, float] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.perf_counter()
+        self._close(now)
+        self._current = (progress.stage, now)
+
+    def _close(self, now: float) -> None:
+        if self._current is not None:
+            stage, started = self._current
+            self.seconds[stage].append(now - started)
+            self._current = None
+
+    def end(self) -> None:
+        self._close(time.perf_counter())
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    repeat = 3 if quick else 7
+    root = Path(tempfile.mkdtemp(prefix="cw-bench-pipeline-"))
+    redis_server = RedisServer()
+    redis_server.start()
+    git = GitServer(root / "remote", TOKEN)
+    git.start()
+    github = GitHubStub(TOKEN).start()
+    try:
+        url = generate_repo(git, "overhead", FILES, root / "scratch")
+        settings = Settings(
+            redis_url=redis_server.url,
+            workspace_root=root / "ws",
+            cache_root=root / "cache",
+            github_token=SecretStr(TOKEN),
+            github_api_url=github.url,
+            allowed_repos=[git.base_url],
+        )
+        pipeline = dataclasses.replace(
+            Pipeline.from_settings(settings), resolve_executor=lambda name, operation_type: OneLine()
+        )
+        mirror = pipeline.mirrors.mirror_path(url)
+        clock = StageClock()
+
+        def job() -> None:
+            raw = {
+                "description": "one line",
+                "repository": {"url": url, "owner": "acme", "name": "overhead", "branch": "main"},
+                "operation_id": f"op-{uuid.uuid4().hex[:12]}",
+            }
+            result = pipeline.run(raw, "refactor", clock)
+            clock.end()
+            assert result["status"] == "pr_open", result["error"]
+
+        def floor(n: int) -> None:
+            target = root / "floor" / str(n)
+            subprocess.run(
+                ["git", "-C", str(mirror), "worktree", "add", "-q", "--detach", str(target), "origin/main"],
+                check=True,
+            )
+
+        job()  # warms the mirror, the scanner and the sandbox probe
+        clock.seconds.clear()
+        ours: list[float] = []
+        base: list[float] = []
+        for n in range(repeat):
+            base.append(timed(lambda n=n: floor(n)))
+            subprocess.run(
+                ["git", "-C", str(mirror), "worktree", "remove", "--force", str(root / "floor" / str(n))],
+                check=True,
+            )
+            ours.append(timed(job))
+    finally:
+        github.stop()
+        git.stop()
+        redis_server.close()
+        shutil.rmtree(root, ignore_errors=True)
+    stages = ", ".join(f"{stage} {median(times) * 1000:.0f} ms" for stage, times in clock.seconds.items())
+    ratio = median(ours) / median(base)
+    return [
+        Figure(
+            name=f"pipeline overhead, {FILES:,} files, one-line change",
+            value=median(ours),
+            unit="s",
+            baseline="git worktree add (the floor)",
+            baseline_value=median(base),
+            target=f"<= {TARGET}x",
+            met=ratio <= TARGET,
+            spread=spread(ours),
+            repeat=repeat,
+            note=f"stage medians: {stages}",
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    result = figures(parser.parse_args().quick)
+    print_figures(result)
+    for figure in result:
+        print(f"{figure.name}: {figure.note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The queue: codeworker's tasks against a bare Celery task on the same broker and pool.
+
+    .venv/bin/python -m bench.queue [--quick]
+
+One real ``codeworker worker`` (prefork, 2 processes) that also imports this module, whose
+``bench.noop`` task is the baseline: Celery alone, with codeworker's app settings (late acks,
+prefetch of one, events). The no-op codeworker job is an operation that has already finished, sent
+again by name from a plain Celery client: the task validates it, claims it in Redis, finds the
+recorded result and answers it, as for a redelivery. Both are sent in batches to the same queue
+and timed from the first send to the last result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from celery import Celery
+
+from bench.report import Figure, median, print_figures, spread
+from codeworker.celery import app
+from codeworker.loopback.github_stub import GitHubStub
+from codeworker.loopback.gitserver import GitServer
+from codeworker.loopback.redis_server import RedisServer, free_port
+from codeworker.loopback.worker import WorkerProcess
+
+TOKEN = "bench-token-0123456789"
+QUEUE = "code-operation"
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 0.8
+
+
+@app.task(name="bench.noop")
+def noop(job: dict) -> dict:
+    """The baseline: a task that answers at once."""
+    return {"operation_id": job["operation_id"], "status": "noop"}
+
+
+def batch_rate(client: Celery, name: str, job: dict, jobs: int) -> float:
+    """Jobs per second of ``jobs`` messages of task ``name``, first send to last result."""
+    started = time.perf_counter()
+    pending = [client.send_task(name, args=[job], queue=QUEUE) for _ in range(jobs)]
+    for result in pending:
+        result.get(timeout=120)
+    return jobs / (time.perf_counter() - started)
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    jobs, repeat = (50, 3) if quick else (200, 5)
+    root = Path(tempfile.mkdtemp(prefix="cw-bench-queue-"))
+    redis_server = RedisServer()
+    redis_server.start()
+    git = GitServer(root / "remote", TOKEN)
+    git.start()
+    github = GitHubStub(TOKEN).start()
+    worker = WorkerProcess(
+        {
+            "REDIS_URL": redis_server.url,
+            "WORKSPACE_ROOT": str(root / "ws"),
+            "CODEWORKER_CACHE_ROOT": str(root / "cache"),
+            "CODEWORKER_METRICS_DIR": str(root / "metrics"),
+            "GITHUB_TOKEN": TOKEN,
+            "GITHUB_API_URL": github.url,
+            "CODEWORKER_ALLOWED_REPOS": git.base_url,
+            "PORT": str(free_port()),
+        },
+        name="bench-queue",
+        pythonpath=[ROOT],
+        celery_args=["--include", "bench.queue"],
+    ).start()
+    client = Celery(broker=redis_server.url, backend=redis_server.url)
+    try:
+        url = git.create_repo("acme", "queue", {"app.py": "X = 1\n"})
+        job = {
+            "description": "format",
+            "repository": {"url": url, "owner": "acme", "name": "queue", "branch": "main"},
+            "executor": "autofix",
+            "operation_id": "op-bench-queue",
+        }
+        first = client.send_task("codeworker.refactor", args=[job], queue=QUEUE).get(timeout=120)
+        assert first["operation_id"] == job["operation_id"], first
+        batch_rate(client, "bench.noop", job, 10)  # warm both paths
+        batch_rate(client, "codeworker.refactor", job, 10)
+        base: list[float] = []
+        ours: list[float] = []
+        for _ in range(repeat):
+            base.append(batch_rate(client, "bench.noop", job, jobs))
+            ours.append(batch_rate(client, "codeworker.refactor", job, jobs))
+    finally:
+        client.close()
+        worker.stop()
+        github.stop()
+        git.stop()
+        redis_server.close()
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = median(ours) / median(base)
+    return [
+        Figure(
+            name=f"queue, no-op jobs ({jobs} a batch, 2 processes)",
+            value=median(ours),
+            unit="jobs/s",
+            baseline="bare Celery no-op task",
+            baseline_value=median(base),
+            target=f">= {TARGET}x",
+            met=ratio >= TARGET,
+            spread=spread(ours),
+            repeat=repeat,
+            note="an operation already finished, sent again: validate, claim, recorded result",
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    print_figures(figures(parser.parse_args().quick))
+
+
+if __name__ == "__main__":
+    main()
