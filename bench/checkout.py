@@ -10,7 +10,6 @@ same server with the same token (pygit2.clone_repository). Every repetition runs
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import tempfile
@@ -19,12 +18,13 @@ from pathlib import Path
 import pygit2
 from pydantic import SecretStr
 
-from bench.report import Figure, median, print_figures, spread, timed
+from bench import report
+from bench.report import Figure, median, spread, timed
+from bench.stands import TOKEN
 from codeworker.git.auth import GitAuth
 from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
 
-TOKEN = "bench-token-0123456789"
 TARGET = 1.1
 """The checkout's time over the floor's."""
 
@@ -50,6 +50,16 @@ def generate_repo(server: GitServer, name: str, files: int, scratch: Path) -> st
     return server.url("acme", name)
 
 
+def worktree_floor(mirror: Path, target: Path) -> float:
+    """Seconds ``git worktree add`` of the mirror's main takes at ``target`` (removed after)."""
+    git = ["git", "-C", str(mirror), "worktree"]
+    seconds = timed(
+        lambda: subprocess.run([*git, "add", "-q", "--detach", str(target), "origin/main"], check=True)
+    )
+    subprocess.run([*git, "remove", "--force", str(target)], check=True)
+    return seconds
+
+
 def measure(files: int, repeat: int, clones: int, root: Path, server: GitServer) -> list[Figure]:
     name = f"gen{files}"
     url = generate_repo(server, name, files, root / "scratch")
@@ -62,26 +72,7 @@ def measure(files: int, repeat: int, clones: int, root: Path, server: GitServer)
     for n in range(repeat):
         ours.append(timed(lambda n=n: mirrors.checkout(url, "main", f"bench/{n}", f"bench-{n}", "a1")))
         mirrors.discard(url, f"bench-{n}", f"bench/{n}", "a1")
-        target = root / "floor" / str(n)
-        floor.append(
-            timed(
-                lambda target=target: subprocess.run(
-                    [
-                        "git",
-                        "-C",
-                        str(mirror),
-                        "worktree",
-                        "add",
-                        "-q",
-                        "--detach",
-                        str(target),
-                        "origin/main",
-                    ],
-                    check=True,
-                )
-            )
-        )
-        subprocess.run(["git", "-C", str(mirror), "worktree", "remove", "--force", str(target)], check=True)
+        floor.append(worktree_floor(mirror, root / "floor" / str(n)))
         if n < clones:
             clone = root / "clones" / str(n)
             fresh.append(
@@ -130,11 +121,5 @@ def figures(quick: bool = False) -> list[Figure]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    print_figures(figures(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import redis
 
-from bench.report import Figure, median, print_figures, spread
+from bench import report
+from bench.report import Figure, median, spread
 from codeworker.config import Settings
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.registry import BranchRegistry
@@ -226,7 +227,7 @@ def main() -> None:
     if args.serve is not None:
         serve(args.serve)
     else:
-        print_figures(figures(args.quick))
+        report.print_figures(figures(args.quick))
 
 
 if __name__ == "__main__":

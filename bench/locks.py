@@ -10,13 +10,13 @@ Redis: a bare PUBLISH reaching a subscriber on the same server.
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 
 import redis
 
-from bench.report import Figure, median, print_figures, spread
+from bench import report
+from bench.report import Figure, median, spread
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.locks import FileLocks
 from codeworker.loopback.redis_server import CountingConnection, RedisServer
@@ -124,11 +124,5 @@ def figures(quick: bool = False) -> list[Figure]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    print_figures(figures(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

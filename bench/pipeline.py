@@ -12,30 +12,20 @@ of each stage.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
-from pydantic import SecretStr
-
-from bench.checkout import generate_repo
-from bench.report import Figure, median, print_figures, spread, timed
-from codeworker.config import Settings
+from bench import report
+from bench.checkout import generate_repo, worktree_floor
+from bench.report import Figure, median, spread, timed
+from bench.stands import stands
 from codeworker.executors.base import Outcome, Workspace
-from codeworker.loopback.github_stub import GitHubStub
-from codeworker.loopback.gitserver import GitServer
-from codeworker.loopback.redis_server import RedisServer
 from codeworker.models import Job
 from codeworker.pipeline.run import Progress
 from codeworker.pipeline.service import Pipeline
 
-TOKEN = "bench-token-0123456789"
 TARGET = 1.5
 FILES = 5_000
 CHANGED = "pkg/d000/module_00000.py"
@@ -76,24 +66,11 @@ class StageClock:
 
 def figures(quick: bool = False) -> list[Figure]:
     repeat = 3 if quick else 7
-    root = Path(tempfile.mkdtemp(prefix="cw-bench-pipeline-"))
-    redis_server = RedisServer()
-    redis_server.start()
-    git = GitServer(root / "remote", TOKEN)
-    git.start()
-    github = GitHubStub(TOKEN).start()
-    try:
-        url = generate_repo(git, "overhead", FILES, root / "scratch")
-        settings = Settings(
-            redis_url=redis_server.url,
-            workspace_root=root / "ws",
-            cache_root=root / "cache",
-            github_token=SecretStr(TOKEN),
-            github_api_url=github.url,
-            allowed_repos=[git.base_url],
-        )
+    with stands("pipeline") as services:
+        url = generate_repo(services.git, "overhead", FILES, services.root / "scratch")
         pipeline = dataclasses.replace(
-            Pipeline.from_settings(settings), resolve_executor=lambda name, operation_type: OneLine()
+            Pipeline.from_settings(services.settings()),
+            resolve_executor=lambda name, operation_type: OneLine(),
         )
         mirror = pipeline.mirrors.mirror_path(url)
         clock = StageClock()
@@ -108,29 +85,13 @@ def figures(quick: bool = False) -> list[Figure]:
             clock.end()
             assert result["status"] == "pr_open", result["error"]
 
-        def floor(n: int) -> None:
-            target = root / "floor" / str(n)
-            subprocess.run(
-                ["git", "-C", str(mirror), "worktree", "add", "-q", "--detach", str(target), "origin/main"],
-                check=True,
-            )
-
         job()  # warms the mirror, the scanner and the sandbox probe
         clock.seconds.clear()
         ours: list[float] = []
         base: list[float] = []
         for n in range(repeat):
-            base.append(timed(lambda n=n: floor(n)))
-            subprocess.run(
-                ["git", "-C", str(mirror), "worktree", "remove", "--force", str(root / "floor" / str(n))],
-                check=True,
-            )
+            base.append(worktree_floor(mirror, services.root / "floor" / str(n)))
             ours.append(timed(job))
-    finally:
-        github.stop()
-        git.stop()
-        redis_server.close()
-        shutil.rmtree(root, ignore_errors=True)
     stages = ", ".join(f"{stage} {median(times) * 1000:.0f} ms" for stage, times in clock.seconds.items())
     ratio = median(ours) / median(base)
     return [
@@ -149,14 +110,5 @@ def figures(quick: bool = False) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    result = figures(parser.parse_args().quick)
-    print_figures(result)
-    for figure in result:
-        print(f"{figure.name}: {figure.note}")
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

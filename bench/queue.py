@@ -12,23 +12,17 @@ and timed from the first send to the last result.
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from celery import Celery
 
-from bench.report import Figure, median, print_figures, spread
+from bench import report
+from bench.report import Figure, median, spread
+from bench.stands import QUEUE, stands
 from codeworker.celery import app
-from codeworker.loopback.github_stub import GitHubStub
-from codeworker.loopback.gitserver import GitServer
-from codeworker.loopback.redis_server import RedisServer, free_port
-from codeworker.loopback.worker import WorkerProcess
 
-TOKEN = "bench-token-0123456789"
-QUEUE = "code-operation"
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.8
 
@@ -50,30 +44,12 @@ def batch_rate(client: Celery, name: str, job: dict, jobs: int) -> float:
 
 def figures(quick: bool = False) -> list[Figure]:
     jobs, repeat = (50, 3) if quick else (200, 5)
-    root = Path(tempfile.mkdtemp(prefix="cw-bench-queue-"))
-    redis_server = RedisServer()
-    redis_server.start()
-    git = GitServer(root / "remote", TOKEN)
-    git.start()
-    github = GitHubStub(TOKEN).start()
-    worker = WorkerProcess(
-        {
-            "REDIS_URL": redis_server.url,
-            "WORKSPACE_ROOT": str(root / "ws"),
-            "CODEWORKER_CACHE_ROOT": str(root / "cache"),
-            "CODEWORKER_METRICS_DIR": str(root / "metrics"),
-            "GITHUB_TOKEN": TOKEN,
-            "GITHUB_API_URL": github.url,
-            "CODEWORKER_ALLOWED_REPOS": git.base_url,
-            "PORT": str(free_port()),
-        },
-        name="bench-queue",
-        pythonpath=[ROOT],
-        celery_args=["--include", "bench.queue"],
-    ).start()
-    client = Celery(broker=redis_server.url, backend=redis_server.url)
-    try:
-        url = git.create_repo("acme", "queue", {"app.py": "X = 1\n"})
+    with (
+        stands("queue") as services,
+        services.worker("bench-queue", pythonpath=[ROOT], celery_args=["--include", "bench.queue"]),
+        closing(Celery(broker=services.redis.url, backend=services.redis.url)) as client,
+    ):
+        url = services.git.create_repo("acme", "queue", {"app.py": "X = 1\n"})
         job = {
             "description": "format",
             "repository": {"url": url, "owner": "acme", "name": "queue", "branch": "main"},
@@ -89,13 +65,6 @@ def figures(quick: bool = False) -> list[Figure]:
         for _ in range(repeat):
             base.append(batch_rate(client, "bench.noop", job, jobs))
             ours.append(batch_rate(client, "codeworker.refactor", job, jobs))
-    finally:
-        client.close()
-        worker.stop()
-        github.stop()
-        git.stop()
-        redis_server.close()
-        shutil.rmtree(root, ignore_errors=True)
     ratio = median(ours) / median(base)
     return [
         Figure(
@@ -113,11 +82,5 @@ def figures(quick: bool = False) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    print_figures(figures(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

@@ -8,6 +8,7 @@ shared and noisy: medians, with the interquartile range as the spread).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -111,8 +112,18 @@ def markdown(figures: list[Figure]) -> str:
 
 
 def print_figures(figures: list[Figure]) -> None:
-    """The table on a terminal: one aligned line per figure."""
+    """The table on a terminal: one aligned line per figure, then the figures' notes."""
     rows = [COLUMNS, *map(row, figures)]
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(COLUMNS))]
     for cells in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
+    for figure in figures:
+        if figure.note:
+            print(f"- {figure.name}: {figure.note}")
+
+
+def main(figures: Callable[[bool], list[Figure]], doc: str | None) -> None:
+    """A benchmark module run alone (``python -m bench.<name> [--quick]``): its table."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    print_figures(figures(parser.parse_args().quick))

@@ -12,12 +12,12 @@ the differences of interleaved pairs.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.report import Figure, interleaved, median, print_figures, spread
+from bench import report
+from bench.report import Figure, interleaved, median, spread
 from codeworker.config import Settings
 from codeworker.sandbox.bubblewrap import Mounts, Sandbox, check_sandbox
 
@@ -66,11 +66,5 @@ def figures(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    print_figures(figures(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

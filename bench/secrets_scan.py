@@ -15,7 +15,6 @@ in files of 2-30 KB with a few planted fake credentials, which the scan must fin
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import string
@@ -24,7 +23,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from bench.report import Figure, interleaved, median, print_figures, spread, timed
+from bench import report
+from bench.report import Figure, interleaved, median, spread, timed
 from codeworker.secrets.findings import SecretFinding, blocking
 from codeworker.secrets.scanner import RULES, SecretScanner, scanner_env
 
@@ -266,14 +266,5 @@ def figures(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, less text")
-    rows = figures(parser.parse_args().quick)
-    print_figures(rows)
-    for figure in rows:
-        print(f"- {figure.name}: {figure.note}")
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

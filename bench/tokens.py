@@ -16,7 +16,6 @@ cost against the stand-in's own usage, summed over its answers.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -30,7 +29,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from bench.report import Figure, print_figures
+from bench import report
+from bench.report import Figure
 from codeworker.config import ModelPrice, Settings
 from codeworker.executors.agent import prompts
 from codeworker.executors.agent.agent import Agent, text_block
@@ -455,13 +455,5 @@ def figures(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="accepted like every benchmark's; changes nothing"
-    )
-    print_figures(figures(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    report.main(figures, __doc__)

@@ -183,8 +183,10 @@ class Settings(BaseSettings):
     pr_labels: Annotated[list[str], NoDecode] = ["codeworker"]
     """Comma-separated labels put on every pull request."""
 
-    github_seconds_between_writes: float = 0.25
-    """PyGithub's pause between write requests (its default of 1 s slows every PR)."""
+    github_seconds_between_writes: float = 0.0
+    """PyGithub's pause between one process's write requests (its default of 1 s, and any pause,
+    slows every PR; a fleet's processes do not coordinate it anyway, and the secondary rate limit
+    GitHub answers a burst with is waited out like any rate limit)."""
 
     github_timeout: float = Field(30.0, gt=0)
     """Seconds a GitHub API request may take before it counts as failed (no answer)."""

@@ -20,7 +20,6 @@ mirror, unreachable; they are never deleted there, since another job may have pu
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,13 +295,10 @@ def _stage_all(repo: pygit2.Repository) -> pygit2.Index:
     index = repo.index
     index.read(force=True)
     try:
+        # ``git add -A``: new and modified files staged, deleted ones removed, ignored ones skipped.
         index.add_all()
     except pygit2.GitError as exc:  # e.g. a tree nested deeper than libgit2 walks (100 levels)
         raise GitError(f"cannot stage the working tree: {exc}") from exc
-    workdir = Path(repo.workdir)
-    gone = [entry.path for entry in index if not os.path.lexists(workdir / entry.path)]
-    for path in gone:
-        index.remove(path)
     return index
 
 
