@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from codeworker.git.errors import (
     MergeConflict,
     PushRejected,
 )
-from codeworker.git.mirrors import Mirrors
+from codeworker.git.mirrors import FETCHED, Mirrors
 from codeworker.git.worktree import Worktree
 from codeworker.loopback.gitserver import GitServer
 from tests.conftest import GITHUB_TOKEN
@@ -127,6 +128,29 @@ def test_second_checkout_fetches_instead_of_cloning(
     assert packs < set((mirror / "objects" / "pack").glob("*.pack"))
     for wt in (first, second, third):
         wt.remove()
+
+
+def test_a_fetch_begun_after_a_job_asked_serves_it_too(
+    git_server: GitServer, mirrors: Mirrors, repo: Repo
+) -> None:
+    """Jobs queued on the mirror lock share the fetch that ran while they waited."""
+    asked = time.time()
+    mirrors.fetch(repo.url)
+    start = len(git_server.requests)
+    mirrors.fetch(repo.url, unless_fetched_since=asked)
+    assert _requests_for(git_server, repo, start) == []
+
+    moved = git_server.commit_on(repo.owner, repo.name, "main", {"new.txt": "n\n"}, "move base")
+    worktree = mirrors.checkout(repo.url, "main", "codeworker/late", "op-late", "a1")
+    assert worktree.base_commit == moved  # asked after the last fetch began: fetched again
+    worktree.remove()
+
+    # A recorded start later than now (the clock was set back) is not trusted.
+    stamp = mirrors.mirror_path(repo.url) / FETCHED
+    stamp.write_text(repr(time.time() + 3600))
+    start = len(git_server.requests)
+    mirrors.fetch(repo.url, unless_fetched_since=asked)
+    assert _requests_for(git_server, repo, start) != []
 
 
 def test_each_attempt_has_its_own_worktree_and_local_branch(mirrors: Mirrors, repo: Repo) -> None:

@@ -7,16 +7,21 @@ Why this shape:
   every worktree creation or removal runs under an exclusive ``flock`` on a file next to the mirror.
 - The mirror's fetch refspec is ``+refs/heads/*:refs/remotes/origin/*``: job branches live as local
   ``refs/heads/*`` and a fetch can never clobber them (:mod:`codeworker.git.remote`).
+- Fetches coalesce: a job that waited for the mirror lock while another process fetched skips its
+  own fetch when that fetch began after the job asked (it saw everything this one would have).
+  Many jobs on one repository then hold the lock for one fetch between them, not one each.
 - Network operations authenticate through :mod:`codeworker.git.auth`; what a job does in its
   checkout is :mod:`codeworker.git.worktree`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +46,9 @@ from codeworker.git.worktree import Worktree
 from codeworker.names import is_operation_id
 
 __all__ = ["Mirrors"]
+
+FETCHED = "codeworker-fetched"
+"""File in a mirror holding when its last completed fetch began (``time.time()``)."""
 
 _SAFE_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
 # libgit2 1.9 messages when it refuses a non-forced push whose remote ref moved on.
@@ -128,9 +136,10 @@ class Mirrors:
         name = _worktree_name(operation_id, attempt)
         local = _local_branch(branch, attempt)
         path = self.worktree_path(operation_id, attempt)
+        asked = time.time()
         with self.locked(url) as mirror:
             repo = self._open_or_init(mirror, url)
-            self._fetch(repo, url)
+            self._fetch(repo, url, unless_fetched_since=asked)
             base_commit = remote_tip(repo, base)
             if base_commit is None:
                 raise BaseBranchMissing(clean_url(url), base)
@@ -154,10 +163,11 @@ class Mirrors:
             seen=None if seen is None else str(seen),
         )
 
-    def fetch(self, url: str) -> None:
-        """Bring the mirror of ``url`` up to date (creating it on first use)."""
+    def fetch(self, url: str, unless_fetched_since: float | None = None) -> None:
+        """Bring the mirror of ``url`` up to date (creating it on first use); with
+        ``unless_fetched_since``, only if no fetch begun since then has completed."""
         with self.locked(url) as mirror:
-            self._fetch(self._open_or_init(mirror, url), url)
+            self._fetch(self._open_or_init(mirror, url), url, unless_fetched_since)
 
     # -- used by Worktree -------------------------------------------------------------------------
 
@@ -180,10 +190,22 @@ class Mirrors:
         _clear_stale_ref_locks(mirror)
         return repo
 
-    def _fetch(self, repo: pygit2.Repository, url: str) -> None:
+    def _fetch(self, repo: pygit2.Repository, url: str, unless_fetched_since: float | None = None) -> None:
         """Fetch every branch; prune so a deleted base branch is noticed. Caller holds the lock.
-        A transient failure is tried again (:class:`~codeworker.git.retries.GitRetries`)."""
+        A transient failure is tried again (:class:`~codeworker.git.retries.GitRetries`).
+
+        With ``unless_fetched_since`` (wall clock), nothing is fetched if a fetch that began at or
+        after that moment has completed: the caller asked for the remote as it was then, and that
+        fetch saw it later still. A recorded start later than now (the clock was set back) does not
+        count."""
+        stamp = Path(repo.path) / FETCHED
+        if unless_fetched_since is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if unless_fetched_since <= float(stamp.read_text()) <= time.time():
+                    return
+        began = time.time()
         self.retries.run(f"fetch from {clean_url(url)}", lambda: self._fetch_once(repo, url))
+        stamp.write_text(repr(began))
 
     def _fetch_once(self, repo: pygit2.Repository, url: str) -> None:
         """One try of :meth:`_fetch`.
