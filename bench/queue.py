@@ -8,6 +8,10 @@ prefetch of one, events). The no-op codeworker job is an operation that has alre
 again by name from a plain Celery client: the task validates it, claims it in Redis, finds the
 recorded result and answers it, as for a redelivery. Both are sent in batches to the same queue
 and timed from the first send to the last result.
+
+Then, for what a fleet of small jobs gets out of the machine: distinct jobs on one small
+repository, each on a file of its own (``autofix``: ruff in the sandbox, pushed, a PR each), their rate
+and how busy the CPUs were meanwhile (``/proc/stat``). Informative: no baseline does that work.
 """
 
 from __future__ import annotations
@@ -42,6 +46,36 @@ def batch_rate(client: Celery, name: str, job: dict, jobs: int) -> float:
     return jobs / (time.perf_counter() - started)
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of every CPU since boot."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def small_jobs(client: Celery, url: str, jobs: int) -> tuple[float, float]:
+    """Jobs per second of ``jobs`` distinct small jobs, and the CPUs' busy share meanwhile."""
+    sent = [
+        {
+            "description": f"format app{n}.py",
+            "repository": {"url": url, "owner": "acme", "name": "small", "branch": "main"},
+            "executor": "autofix",
+            "target_files": [f"app{n}.py"],
+        }
+        for n in range(jobs)
+    ]
+    busy, total = cpu_ticks()
+    started = time.perf_counter()
+    results = [
+        result.get(timeout=600)
+        for result in [client.send_task("codeworker.refactor", args=[job], queue=QUEUE) for job in sent]
+    ]
+    rate = jobs / (time.perf_counter() - started)
+    busy_after, total_after = cpu_ticks()
+    assert all(result["status"] == "pr_open" for result in results), results
+    return rate, (busy_after - busy) / (total_after - total)
+
+
 def figures(quick: bool = False) -> list[Figure]:
     jobs, repeat = (50, 3) if quick else (200, 5)
     with (
@@ -65,6 +99,9 @@ def figures(quick: bool = False) -> list[Figure]:
         for _ in range(repeat):
             base.append(batch_rate(client, "bench.noop", job, jobs))
             ours.append(batch_rate(client, "codeworker.refactor", job, jobs))
+        count = 10 if quick else 40
+        files = {f"app{n}.py": "x = {  'a':1 }\n" for n in range(count)}
+        small_rate, cpu = small_jobs(client, services.git.create_repo("acme", "small", files), count)
     ratio = median(ours) / median(base)
     return [
         Figure(
@@ -78,7 +115,17 @@ def figures(quick: bool = False) -> list[Figure]:
             spread=spread(ours),
             repeat=repeat,
             note="an operation already finished, sent again: validate, claim, recorded result",
-        )
+        ),
+        Figure(
+            name="small jobs on one repository, 2 processes",
+            value=small_rate,
+            unit="jobs/s",
+            baseline="none (informative)",
+            baseline_value=None,
+            target="informative",
+            met=None,
+            note=f"autofix, each job its own file of one repository, a PR each; CPUs {cpu:.0%} busy",
+        ),
     ]
 
 

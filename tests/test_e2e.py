@@ -11,8 +11,10 @@ import textwrap
 
 import redis
 
+from codeworker.coordination.claims import OperationClaims
 from codeworker.coordination.keys import Keys, repo_id
-from codeworker.coordination.registry import BranchStatus
+from codeworker.coordination.registry import BranchRegistry, BranchStatus
+from codeworker.loopback.waiting import wait_until
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
 from tests.support.jobs import (
     APP_PY,
@@ -209,18 +211,30 @@ def test_two_jobs_on_one_file_never_both_modify_it(client, broker_url, git_serve
 
     pending = client.send_task("codeworker.refactor", args=[first], queue=QUEUE)
     locks = redis.Redis.from_url(broker_url, decode_responses=True)
+    claims = OperationClaims(locks, Keys(), 30, 600)
     lock_key = Keys().lock(repo_id(url), "app.py")
     with parked(gate):
-        # The first job holds app.py and waits on the FIFO while the second one runs.
+        # The first job holds app.py and waits on the FIFO; the second one waits for the file,
+        # giving its worker slot back between tries.
         assert locks.exists(lock_key)
-        blocked = run_job(client, second)
+        waiting = client.send_task("codeworker.refactor", args=[second], queue=QUEUE)
+        wait_until(
+            lambda: (claims.get(second["operation_id"]) or {}).get("lock_waits", 0) >= 1,
+            RESULT_TIMEOUT,
+            "the second job to wait for app.py",
+        )
+        assert not waiting.ready()
+        assert locks.hget(lock_key, "operation_id") == first["operation_id"]
     done = pending.get(timeout=RESULT_TIMEOUT)
+    later = waiting.get(timeout=RESULT_TIMEOUT)
 
-    assert blocked["success"] is False and blocked["status"] == "failed"
-    assert first["operation_id"] in blocked["error"] and "app.py" in blocked["error"]
     assert done["success"] is True, done["error"]
+    assert later["success"] is True, later["error"]
     assert git_server.read_file("acme", name, done["branch"], "app.py") == APP_PY + "first = 1\n"
-    assert blocked["branch"] not in git_server.branches("acme", name)
+    assert git_server.read_file("acme", name, later["branch"], "app.py") == APP_PY + "second = 2\n"
+    registry = BranchRegistry(locks, Keys())
+    fences = [registry.get(repo_id(url), job["branch"]).fencing_token for job in (done, later)]
+    assert fences[0] < fences[1]  # the second took the file after the first had released it
     assert not locks.exists(lock_key)
 
 
