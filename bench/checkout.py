@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from bench import report
 from bench.report import Figure, median, spread, timed
 from bench.stands import TOKEN
+from codeworker.config import Settings
 from codeworker.git.auth import GitAuth
 from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
@@ -63,7 +64,9 @@ def worktree_floor(mirror: Path, target: Path) -> float:
 def measure(files: int, repeat: int, clones: int, root: Path, server: GitServer) -> list[Figure]:
     name = f"gen{files}"
     url = generate_repo(server, name, files, root / "scratch")
-    mirrors = Mirrors(root / "ws", SecretStr(TOKEN))
+    # The worker's default size limit, so the checkout's size check is timed too.
+    limit = Settings.model_fields["max_repo_bytes"].default
+    mirrors = Mirrors(root / "ws", SecretStr(TOKEN), max_repo_bytes=limit)
     mirrors.checkout(url, "main", "bench/warm", "bench-warm", "a1").remove()  # the mirror is warm
     mirror = mirrors.mirror_path(url)
     ours: list[float] = []
@@ -92,7 +95,7 @@ def measure(files: int, repeat: int, clones: int, root: Path, server: GitServer)
             met=ratio <= TARGET,
             spread=spread(ours),
             repeat=repeat,
-            note="mirror fetch (nothing new) and pygit2 worktree, per job",
+            note="mirror fetch (nothing new), size check and git worktree add, per job",
         ),
         Figure(
             name=f"{what}, fresh clone per job",
