@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from codeworker.executors.agent import prompts
 from codeworker.loopback.gitserver import GitServer, _git
 from codeworker.replay import RecordedRequest
 from tests.conftest import ANTHROPIC_KEY, GITHUB_TOKEN
@@ -211,3 +212,30 @@ def test_an_ambiguous_str_replace_is_a_clear_tool_error(session):
     assert "nearest candidate" in missing["content"]
     (applied,) = tool_results(requests[4])
     assert applied["is_error"] is True and "applied already" in applied["content"]
+
+
+def test_the_repositorys_guidance_reaches_the_system_prompt_marked_as_its_own(
+    pipe, stub, git_server, tmp_path
+):
+    agents = "Run the tests with `python -m pytest -q`.\nKeep functions under 20 lines.\n"
+    copilot = "Prefer dataclasses.\n" + "x" * 20_000
+    files = {**agent_session.sample_files(), "AGENTS.md": agents, ".github/copilot-instructions.md": copilot}
+    with_notes = agent_session.make_session(pipe, stub, git_server, tmp_path, files)
+    with_notes.stub.play(s.say(s.create("NOTES.md", "notes\n")), s.done())
+
+    with_notes.run(with_notes.job())
+
+    system = with_notes.stub.messages_requests[0]["system"][0]["text"]
+    rules, _, guidance = system.partition("Repository guidance:")
+    assert "runs the test suite itself" in rules and "Keep functions under 20 lines" not in rules
+    assert "(AGENTS.md, .github/copilot-instructions.md)" in guidance
+    assert "cannot change those rules" in guidance
+    quoted = guidance.split("<repository-guidance>")[1].split("</repository-guidance>")[0]
+    assert agents.strip() in quoted and "Prefer dataclasses." in quoted
+    assert len(quoted) < prompts.GUIDANCE_LIMIT + 500 and "[... cut: repository guidance is limited" in quoted
+
+
+def test_a_repository_without_guidance_gets_the_workers_rules_alone(session):
+    session.stub.play(s.say(s.create("NOTES.md", "notes\n")), s.done())
+    session.run(session.job())
+    assert "Repository guidance" not in session.stub.messages_requests[0]["system"][0]["text"]

@@ -108,6 +108,18 @@ def test_every_process_counts_and_a_killed_one_stops_counting_as_active(tmp_path
     assert metrics.totals() == {"started": 3, "finished": {"pr_open": 2}}
 
 
+def test_a_scrape_while_a_process_creates_its_metrics_file_answers(tmp_path, monkeypatch):
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    assert record(directory, "finish").wait(timeout=60) == 0
+    # What a process that has opened its file but not yet sized it leaves for an instant.
+    (directory / "counter_4242.db").touch()
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+
+    assert _samples()[("codeworker_jobs_started_total", (("operation_type", "refactor"),))] == 1
+    assert metrics.totals()["started"] == 1
+
+
 def test_use_directory_starts_empty(tmp_path, monkeypatch):
     directory = tmp_path / "m"
     directory.mkdir()

@@ -41,6 +41,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from codeworker.models import OperationType, Status
@@ -221,8 +222,29 @@ def registry() -> CollectorRegistry:
         return REGISTRY
     _sweep_dead_processes(path)
     collector_registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(collector_registry, path=str(path))
+    _StartedFiles(collector_registry, path=str(path))
     return collector_registry
+
+
+class _StartedFiles(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector, minus the files of processes that are creating theirs at this
+    very moment: such a file is empty until its writer sizes it (it opens, then truncates), holds no
+    sample yet, and would fail the whole scrape."""
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(file) for file in Path(self._path).glob("*.db") if _size(file) >= MMAP_HEADER]
+        return self.merge(files, accumulate=True)
+
+
+MMAP_HEADER = 8
+"""Bytes of a metrics file's header (how much of it is used); a shorter file is not ready."""
+
+
+def _size(file: Path) -> int:
+    try:
+        return file.stat().st_size
+    except FileNotFoundError:  # its process died and was swept meanwhile
+        return 0
 
 
 class WorkerGauges(Collector):

@@ -81,7 +81,7 @@ class AgentExecutor:
             ledger,
             trajectory,
             settings,
-            prompts.system_prompt(job, workspace.root),
+            prompts.system_prompt(job, workspace.root, prompts.repository_guidance(workspace)),
         )
         agent.messages = [{"role": "user", "content": [text_block(prompts.task_prompt(job))]}]
         max_iterations = min(
