@@ -113,6 +113,23 @@ def test_a_signed_closed_pull_request_moves_the_branch(server, registry, merged,
     assert registry.get(repo_id(REPOSITORY), branch).status == expected
 
 
+def test_the_same_delivery_is_acted_on_once(server, registry, redis_client):
+    branch = "codeworker/test/opdup1-x"
+    open_pr(registry, branch)
+    body = closed_event(branch, merged=False)
+    headers = {**signed(body), "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+
+    first = post(server, body, headers)
+    # Reopened meanwhile (as a test can; GitHub would send a new delivery): a copy of the first
+    # delivery must not close it again.
+    registry.client.hset(registry.keys.branch(repo_id(REPOSITORY), branch), "status", "pr_open")
+    second = post(server, body, headers)
+
+    assert first == (200, {"branch": branch, "repo": repo_id(REPOSITORY), "status": "closed"})
+    assert second == (200, {"duplicate": headers["X-GitHub-Delivery"]})
+    assert redis_client.ttl(Keys().delivery(headers["X-GitHub-Delivery"])) > 6 * 24 * 3600
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [

@@ -13,6 +13,7 @@
     {prefix}:branches:repo:{repo}        set     branch record keys of one repository
     {prefix}:branches:status:{status}    set     branch record keys in one status
     {prefix}:branches:all                set     every branch record key
+    {prefix}:delivery:{delivery_id}      string  a GitHub webhook delivery already handled (EX a week)
 
 ``repo`` is :func:`repo_id` of the repository URL: host and path, lower-cased, without scheme,
 credentials, trailing slash or ``.git``, so that two spellings of one repository share locks.
@@ -82,6 +83,9 @@ class Keys:
 
     def branches_by_status(self, status: str) -> str:
         return f"{self.prefix}:branches:status:{status}"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:delivery:{delivery_id}"
 
     def all_branches(self) -> str:
         return f"{self.prefix}:branches:all"

@@ -25,6 +25,7 @@ from waitress.trigger import trigger
 
 from codeworker import logs
 from codeworker.config import Settings
+from codeworker.coordination.deliveries import Deliveries
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.registry import BranchRegistry, BranchStatus, InvalidTransition, UnknownBranch
 from codeworker.worker import metrics
@@ -90,9 +91,11 @@ def create_app(settings: Settings, state: WorkerState) -> Flask:
         body, content_type = metrics.render(metrics.WorkerGauges(state.concurrency, started))
         return Response(body, content_type=content_type)
 
+    deliveries = Deliveries(state.registry.client, state.registry.keys)
+
     @app.post("/webhooks/github")
     def github_webhook() -> tuple[Response, int]:
-        return _github_webhook(settings, state.registry)
+        return _github_webhook(settings, state.registry, deliveries)
 
     return app
 
@@ -105,7 +108,9 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _github_webhook(settings: Settings, registry: BranchRegistry) -> tuple[Response, int]:
+def _github_webhook(
+    settings: Settings, registry: BranchRegistry, deliveries: Deliveries
+) -> tuple[Response, int]:
     secret = settings.webhook_secret.get_secret_value()
     if not secret:
         return jsonify({"error": "webhook secret not configured"}), 503
@@ -125,7 +130,15 @@ def _github_webhook(settings: Settings, registry: BranchRegistry) -> tuple[Respo
         return jsonify({"error": "body is not a JSON object"}), 400
     if event != "pull_request" or payload.get("action") != "closed":
         return jsonify({"ignored": f"{event} {payload.get('action') or ''}".strip()}), 202
-    return _pull_request_closed(registry, payload)
+    delivery = request.headers.get("X-GitHub-Delivery")
+    if delivery and not deliveries.first(delivery):
+        return jsonify({"duplicate": delivery}), 200
+    try:
+        return _pull_request_closed(registry, payload)
+    except Exception:
+        if delivery:
+            deliveries.forget(delivery)
+        raise
 
 
 def _pull_request_closed(registry: BranchRegistry, payload: dict[str, Any]) -> tuple[Response, int]:
