@@ -8,6 +8,10 @@ success and returns the existing PR. A request that got no answer at all (a time
 connection) may have created the PR too, so ``open`` looks it up by head before creating it again:
 opening a PR is idempotent per head branch.
 
+For follow-ups it also reads a pull request's conversation (comments, reviews, inline comments),
+an issue, a collaborator's permission (cached briefly) and the failing checks of a commit, and
+writes and edits comments; each call goes through the same error and rate-limit handling.
+
 Rate limits are ours, not urllib3's: urllib3 would sleep whatever ``Retry-After`` says (an hour,
 inside a worker slot), and with our status list PyGithub never retries a 403. A 403 or 429 that is
 a rate limit (``Retry-After``, ``X-RateLimit-Remaining: 0`` with ``X-RateLimit-Reset``, or GitHub's
@@ -22,16 +26,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import github
 import requests
-from github.GithubException import GithubException
+from github.GithubException import GithubException, UnknownObjectException
+from github.IssueComment import IssueComment
+from github.NamedUser import NamedUser
 from github.PullRequest import PullRequest
+from github.PullRequestComment import PullRequestComment
+from github.PullRequestReview import PullRequestReview
 from github.Repository import Repository
 from github.Requester import Requester
 from pydantic import SecretStr
@@ -55,6 +66,21 @@ minute")."""
 
 RATE_LIMIT_TRIES = 3
 """Most tries of one call that keeps meeting short rate limits."""
+
+PERMISSION_TTL = 60.0
+"""Seconds a collaborator's permission is remembered: a burst of comments costs one request, and
+a revoked permission takes effect within a minute."""
+
+ROLES = ("admin", "maintain", "write", "triage", "read")
+"""GitHub's repository roles, most to least; a custom role is reported by its base permission."""
+
+FAILING_CONCLUSIONS = frozenset({"failure", "timed_out", "startup_failure"})
+"""Check conclusions that mean the commit failed. Not ``cancelled`` (a superseded or stopped run
+says nothing about the code) nor ``action_required`` (a person has to act, not the agent)."""
+
+CHECK_TITLE_LIMIT = 200
+CHECK_SUMMARY_LIMIT = 4000
+"""Characters kept of a failing check's output: a chatty CI must not fill the model's context."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,49 @@ class CheckRunReport:
     conclusion: str
     title: str
     summary: str
+
+
+@dataclass(frozen=True)
+class ConversationEntry:
+    """One thing said on a pull request: a conversation comment, a review, or an inline comment on
+    a line of the diff."""
+
+    kind: Literal["comment", "review", "review_comment"]
+    id: int
+    author: str
+    """The author's login (``name[bot]`` for a GitHub App)."""
+    author_type: str
+    """GitHub's account type: User, Bot or Organization."""
+    body: str
+    created_at: datetime
+    """When it was posted; for a review, when it was submitted."""
+    path: str | None = None
+    """An inline comment's file."""
+    line: int | None = None
+    """An inline comment's line in that file (its original line when the diff has moved on)."""
+    review_id: int | None = None
+    """The review an inline comment belongs to."""
+    state: str | None = None
+    """A review's verdict: APPROVED, CHANGES_REQUESTED or COMMENTED."""
+
+    @property
+    def by_bot(self) -> bool:
+        return self.author_type == "Bot"
+
+
+@dataclass(frozen=True)
+class IssueDetails:
+    """An issue (or a pull request seen as one) as a new operation's description needs it."""
+
+    number: int
+    title: str
+    body: str
+    labels: tuple[str, ...]
+    author: str
+    author_type: str
+    url: str
+    """Its web page."""
+    is_pull_request: bool
 
 
 class GitHubError(Exception):
@@ -140,6 +209,16 @@ def _already_exists(exc: GithubException) -> bool:
     return exc.status == 422 and "already exists" in _github_message(exc).lower()
 
 
+def _trim(text: str | None, limit: int) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _author(user: NamedUser | None) -> tuple[str, str]:
+    """Login and account type; GitHub shows a deleted account as "ghost"."""
+    return (user.login, user.type) if user is not None else ("ghost", "User")
+
+
 class _Retry(github.GithubRetry):
     """PyGithub's retry of 5xx answers and dropped connections, leaving every 403 and 429 to
     :class:`PullRequests` (the module's docstring says why)."""
@@ -166,7 +245,8 @@ class _Retry(github.GithubRetry):
 
 
 class PullRequests:
-    """Opens and finds pull requests through one PyGithub client (one HTTP connection pool).
+    """Opens and finds pull requests, and reads and writes what is said on them, through one
+    PyGithub client (one HTTP connection pool).
 
     A worker builds one per process; it is thread-safe as far as PyGithub's ``Requester`` is.
     """
@@ -179,10 +259,15 @@ class PullRequests:
         timeout: float = 30,
         seconds_between_requests: float | None = None,
         rate_limit_wait: float = 60.0,
+        permission_ttl: float = PERMISSION_TTL,
     ) -> None:
         self._token = token
         self.rate_limit_wait = rate_limit_wait
         """Longest wait for a rate limit inside the job; a longer one is raised (``retry_after``)."""
+        self.permission_ttl = permission_ttl
+        """Seconds an answer of :meth:`permission` is reused."""
+        self._permissions: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._permissions_lock = threading.Lock()
         self._github = github.Github(
             base_url=api_url.rstrip("/"),
             auth=github.Auth.Token(token.get_secret_value()),
@@ -268,6 +353,106 @@ class PullRequests:
             ),
         )
 
+    def comment(self, owner: str, name: str, number: int, body: str) -> int:
+        """Comment on issue or pull request ``number``; returns the comment's id.
+
+        Not idempotent: GitHub has no idempotency key for comments, so an answer lost after GitHub
+        made the comment, then retried, leaves two. A comment kept up to date (progress) is made
+        once and then edited with :meth:`edit_comment`.
+        """
+        return self._call(
+            f"commenting on {owner}/{name}#{number}",
+            lambda: self._repo(owner, name).get_issue(number).create_comment(body).id,
+        )
+
+    def edit_comment(self, owner: str, name: str, comment_id: int, body: str) -> None:
+        """Replace the body of issue comment ``comment_id`` (one request, no read first)."""
+        url = f"{self._repo(owner, name).url}/issues/comments/{int(comment_id)}"
+        self._call(
+            f"editing comment {comment_id} on {owner}/{name}",
+            lambda: self._github.requester.requestJsonAndCheck("PATCH", url, input={"body": body}),
+        )
+
+    def conversation(self, owner: str, name: str, number: int) -> list[ConversationEntry]:
+        """Everything said on pull request ``number``, oldest first: its conversation comments, its
+        submitted reviews that have a body, and its inline comments with their file and line."""
+        repo = self._repo(owner, name)
+        # Lazy objects: no request until they are listed, and those lists go through _call.
+        issue, pull = repo.get_issue(number), repo.get_pull(number)
+        action = f"reading the conversation of {owner}/{name}#{number}"
+        comments = self._call(action, lambda: [self._comment_entry(c) for c in issue.get_comments()])
+        reviews = self._call(
+            action,
+            lambda: [
+                self._review_entry(r) for r in pull.get_reviews() if r.body and r.submitted_at is not None
+            ],
+        )
+        inline = self._call(action, lambda: [self._inline_entry(c) for c in pull.get_review_comments()])
+        # A stable sort: within one second a review comes before its inline comments.
+        return sorted([*comments, *reviews, *inline], key=lambda entry: entry.created_at)
+
+    def permission(self, owner: str, name: str, login: str) -> str:
+        """``login``'s role on the repository: admin, maintain, write, triage, read or none (no
+        collaborator: GitHub answers 404). A custom role counts as its base permission.
+
+        Answers are cached per (repository, login) for :attr:`permission_ttl` seconds (60 by
+        default) in this client, which a worker builds once per process: a burst of comments costs
+        one request, and a change of permission is seen within the TTL. Failures are not cached.
+        """
+        key = (owner.lower(), name.lower(), login.lower())
+        with self._permissions_lock:
+            cached = self._permissions.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        role = self._call(
+            f"asking the permission of {login} on {owner}/{name}", lambda: self._role(owner, name, login)
+        )
+        now = time.monotonic()
+        with self._permissions_lock:
+            # Expired answers go, so the cache holds only the last TTL's commenters.
+            self._permissions = {k: v for k, v in self._permissions.items() if v[0] > now}
+            self._permissions[key] = (now + self.permission_ttl, role)
+        return role
+
+    def failing_checks(self, owner: str, name: str, head_sha: str) -> list[CheckRunReport]:
+        """The latest check runs on commit ``head_sha`` that failed (:data:`FAILING_CONCLUSIONS`),
+        by name, each with its output's title and summary trimmed."""
+
+        def read() -> list[CheckRunReport]:
+            runs = self._repo(owner, name).get_commit(head_sha).get_check_runs(filter="latest")
+            return [
+                CheckRunReport(
+                    name=run.name,
+                    conclusion=run.conclusion,
+                    title=_trim(run.output.title, CHECK_TITLE_LIMIT),
+                    summary=_trim(run.output.summary, CHECK_SUMMARY_LIMIT),
+                )
+                for run in runs
+                if run.conclusion in FAILING_CONCLUSIONS
+            ]
+
+        checks = self._call(f"reading the checks of {owner}/{name}@{head_sha[:12]}", read)
+        return sorted(checks, key=lambda check: check.name)
+
+    def issue(self, owner: str, name: str, number: int) -> IssueDetails:
+        """Issue ``number``: title, body, labels and author."""
+
+        def read() -> IssueDetails:
+            issue = self._repo(owner, name).get_issue(number)
+            author, author_type = _author(issue.user)
+            return IssueDetails(
+                number=issue.number,
+                title=issue.title,
+                body=issue.body or "",
+                labels=tuple(label.name for label in issue.labels),
+                author=author,
+                author_type=author_type,
+                url=issue.html_url,
+                is_pull_request=issue.pull_request is not None,
+            )
+
+        return self._call(f"reading issue {owner}/{name}#{number}", read)
+
     # -- private -------------------------------------------------------------------------------
 
     def _repo(self, owner: str, name: str) -> Repository:
@@ -278,6 +463,56 @@ class PullRequests:
         # GitHub ignores a ``head`` filter without the ``user:`` part and lists every open PR.
         label = head if ":" in head else f"{owner}:{head}"
         return next(iter(repo.get_pulls(state="open", head=label)), None)
+
+    def _role(self, owner: str, name: str, login: str) -> str:
+        # One request for both names: PyGithub's helpers each return one and ask again.
+        url = f"{self._repo(owner, name).url}/collaborators/{quote(login, safe='')}/permission"
+        try:
+            _, data = self._github.requester.requestJsonAndCheck("GET", url)
+        except UnknownObjectException:
+            return "none"
+        role = data.get("role_name")
+        return role if role in ROLES else str(data.get("permission") or "none")
+
+    @staticmethod
+    def _comment_entry(comment: IssueComment) -> ConversationEntry:
+        author, author_type = _author(comment.user)
+        return ConversationEntry(
+            kind="comment",
+            id=comment.id,
+            author=author,
+            author_type=author_type,
+            body=comment.body or "",
+            created_at=comment.created_at,
+        )
+
+    @staticmethod
+    def _review_entry(review: PullRequestReview) -> ConversationEntry:
+        author, author_type = _author(review.user)
+        return ConversationEntry(
+            kind="review",
+            id=review.id,
+            author=author,
+            author_type=author_type,
+            body=review.body,
+            created_at=review.submitted_at,
+            state=review.state,
+        )
+
+    @staticmethod
+    def _inline_entry(comment: PullRequestComment) -> ConversationEntry:
+        author, author_type = _author(comment.user)
+        return ConversationEntry(
+            kind="review_comment",
+            id=comment.id,
+            author=author,
+            author_type=author_type,
+            body=comment.body or "",
+            created_at=comment.created_at,
+            path=comment.path,
+            line=comment.line if comment.line is not None else comment.original_line,
+            review_id=comment.pull_request_review_id,
+        )
 
     def _call(self, action: str, call: Callable[[], T]) -> T:
         """``call()``, its failures as :class:`GitHubError`; a short rate limit waited out and
