@@ -265,6 +265,16 @@ def test_pushed_branch_appears_on_server(git_server: GitServer, repo: Repo, work
     assert push_posts and push_posts[0].headers.get("Transfer-Encoding") == "chunked"
 
 
+def test_the_mirror_keeps_no_reflog_that_jobs_would_race_on(
+    git_server: GitServer, repo: Repo, worktree: Worktree
+) -> None:
+    (worktree.path / "new.txt").write_text("x\n")
+    worktree.commit("add", "codeworker", "cw@example.com")
+    worktree.push()
+    mirror = worktree.git_dir.parent.parent
+    assert not (mirror / "logs" / "refs" / "heads").exists()
+
+
 def test_rejected_ref_raises_push_rejected(git_server: GitServer, repo: Repo, worktree: Worktree) -> None:
     git_server.reject_refs(repo.owner, repo.name, "refs/heads/codeworker/*")
     (worktree.path / "x.txt").write_text("x\n")

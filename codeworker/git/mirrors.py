@@ -188,6 +188,11 @@ class Mirrors:
             repo = pygit2.init_repository(str(mirror), bare=True)
         if REMOTE not in repo.remotes.names():
             repo.remotes.create(REMOTE, clean_url(url), FETCH_REFSPEC)
+        if "core.logAllRefUpdates" not in repo.config:
+            # No reflogs: nothing reads them, and a job's worktree (not bare, so libgit2 would log)
+            # creating a log directory outside the lock raced with another process's ref deletion
+            # pruning that directory under it ("failed to make directory .../logs/refs/heads/...").
+            repo.config["core.logAllRefUpdates"] = False
         _clear_stale_ref_locks(mirror)
         return repo
 

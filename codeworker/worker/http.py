@@ -91,10 +91,9 @@ def create_app(settings: Settings, state: WorkerState) -> Flask:
         body, content_type = metrics.render(metrics.WorkerGauges(state.concurrency, started))
         return Response(body, content_type=content_type)
 
-    deliveries = Deliveries(state.registry.client, state.registry.keys)
-
     @app.post("/webhooks/github")
     def github_webhook() -> tuple[Response, int]:
+        deliveries = Deliveries(state.registry.client, state.registry.keys)
         return _github_webhook(settings, state.registry, deliveries)
 
     return app
