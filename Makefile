@@ -15,7 +15,7 @@ test: tools
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-# Every benchmark of bench/, one table, also written to bench/RESULTS.md (about 15 minutes).
+# Every benchmark of bench/, one table, also written to bench/RESULTS.md (about 6 minutes on 2 cores).
 bench: tools
 	$(BIN)/python -m bench
 
