@@ -26,7 +26,8 @@ from pathlib import Path
 from bench import report
 from bench.report import Figure, interleaved, median, spread, timed
 from codeworker.secrets.findings import SecretFinding, blocking
-from codeworker.secrets.scanner import RULES, SecretScanner, scanner_env
+from codeworker.secrets.process import scanner_env
+from codeworker.secrets.scanner import RULES, SecretScanner
 
 Added = dict[str, list[tuple[int, str]]]
 

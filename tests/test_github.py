@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -11,21 +10,12 @@ from pydantic import SecretStr
 
 from codeworker.github import GitHubError, PullRequestRef, PullRequests
 from codeworker.loopback.github_stub import GitHubStub
+from tests.support import github_client
+from tests.support.github_client import NAME, OWNER, TOKEN
 
-TOKEN = "ghs_stubToken0123456789abcdefghijklmnopqr"
-OWNER, NAME = "acme", "widgets"
-
-
-@pytest.fixture()
-def stub() -> Iterator[GitHubStub]:
-    with GitHubStub(TOKEN) as server:
-        yield server
-
-
-@pytest.fixture()
-def prs(stub: GitHubStub) -> Iterator[PullRequests]:
-    with PullRequests(stub.url, SecretStr(TOKEN), seconds_between_writes=0.0, timeout=5) as client:
-        yield client
+# The shared fixtures, bound to this module's names: pytest finds them here for these tests only.
+stub = github_client.stub
+prs = github_client.prs
 
 
 def open_pr(prs: PullRequests, head: str = "codeworker/fix-1", **overrides: object) -> PullRequestRef:

@@ -28,24 +28,17 @@ from codeworker.github import (
 from codeworker.loopback.github_stub import GitHubStub
 from codeworker.worker.health import Health
 from codeworker.worker.http import HttpServer, WorkerState, create_app, signature
+from tests.support import github_client
+from tests.support.github_client import NAME, OWNER, TOKEN
 
-TOKEN = "ghs_stubToken0123456789abcdefghijklmnopqr"
-OWNER, NAME = "acme", "widgets"
 SECRET = "webhook-secret-for-tests"
 SHA, OTHER_SHA = "a" * 40, "b" * 40
 BRANCH = "codeworker/fix-1"
 
 
-@pytest.fixture()
-def stub() -> Iterator[GitHubStub]:
-    with GitHubStub(TOKEN) as server:
-        yield server
-
-
-@pytest.fixture()
-def prs(stub: GitHubStub) -> Iterator[PullRequests]:
-    with PullRequests(stub.url, SecretStr(TOKEN), seconds_between_writes=0.0, timeout=5) as client:
-        yield client
+# The shared fixtures, bound to this module's names: pytest finds them here for these tests only.
+stub = github_client.stub
+prs = github_client.prs
 
 
 @pytest.fixture()

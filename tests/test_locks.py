@@ -142,10 +142,17 @@ def test_a_release_wakes_the_waiter_at_once(redis_client, keys):
 
 
 def test_a_lock_that_expires_wakes_the_waiter(redis_client, keys):
-    # A holder that died releases nothing: the waiter tries again when the lock's TTL runs out.
+    # A holder that died releases nothing: the waiter tries again when the lock's TTL runs out,
+    # not at the end of its own minute of waiting (the join below would give up long before).
     make(redis_client, keys, "op-dead", ttl=0.3).acquire(["a.py"], wait=0)
     waiter = make(redis_client, keys, "op-waiter")
-    assert waiter.acquire(["a.py"], wait=30) == 2
+    tokens: list[int] = []
+    thread = threading.Thread(target=lambda: tokens.append(waiter.acquire(["a.py"], wait=60)))
+    thread.start()
+    thread.join(10)
+
+    assert not thread.is_alive(), "the lock's expiry did not wake the waiter"
+    assert tokens == [2]
 
 
 def test_one_round_trip_to_take_or_release_any_number_of_files(redis_server, keys):

@@ -25,7 +25,8 @@ import pytest
 
 import codeworker.secrets.scanner as scanner_module
 from codeworker.secrets.findings import ScanError, SecretFinding, blocking, key_file_glob
-from codeworker.secrets.scanner import DEFAULT_SCANNER, SecretScanner, scanner_env
+from codeworker.secrets.process import scanner_env
+from codeworker.secrets.scanner import DEFAULT_SCANNER, SecretScanner
 from codeworker.secrets.segments import MAX_LINE_CHARS, SEGMENT_CHARS
 
 AWS_KEY_ID = "AKIA" + "Q3EGUZ7X" + "WB4RJ2KD"

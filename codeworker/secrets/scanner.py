@@ -51,10 +51,10 @@ from importlib import resources
 from pathlib import Path
 
 from codeworker.secrets.findings import ScanError, SecretFinding, blocking, is_placeholder, key_files, redact
-from codeworker.secrets.process import ScannerProcess, scanner_env
+from codeworker.secrets.process import ScannerProcess
 from codeworker.secrets.segments import Segment, segments_of
 
-# ScanError and scanner_env are defined next door and imported from here by the callers.
+# ScanError is defined next door and imported from here by the callers.
 __all__ = [
     "DEFAULT_SCANNER",
     "RULES",
@@ -62,7 +62,6 @@ __all__ = [
     "SCANNER_VENV",
     "ScanError",
     "SecretScanner",
-    "scanner_env",
 ]
 
 log = logging.getLogger(__name__)
