@@ -141,6 +141,8 @@ def execute(run: OperationRun) -> None:
     whatever it changed is locked, so nothing is committed that this operation does not hold."""
     job = run.job
     run.outcome = run.executor.run(job, run.checkout)
+    # Cancelled while the executor ran (its command killed, say): that, not what it returned.
+    run.cancel.raise_if_set()
     metrics.agent_iterations(job.operation_type, run.outcome.iterations)
     run.files = run.worktree.changed_files()
     if not run.files:
