@@ -18,7 +18,8 @@ def create_app() -> Celery:
     # Celery's and kombu's Sentinel support find the primary by this name, and ask again after a
     # failover (codeworker.coordination.connection says how our own clients do).
     master = {"master_name": settings.redis_master_name} if sentinel else {}
-    app = Celery("codeworker", include=[f"codeworker.tasks.{kind}" for kind in OperationType])
+    tasks = [*(f"codeworker.tasks.{kind}" for kind in OperationType), "codeworker.tasks.follow_up"]
+    app = Celery("codeworker", include=tasks)
     app.conf.update(
         broker_url=settings.redis_url,
         # kombu's Redis transport, except that an undecodable queue entry is dropped, not fatal.

@@ -1,8 +1,9 @@
 """The ``codeworker`` command: run a worker, submit and follow jobs, look at locks and branches.
 
-Commands that only use Redis (``status``, ``locks``, ``branches``, ``cancel``) need only ``REDIS_URL`` and
-build no other client. A Redis that cannot be reached or refuses the password is one line naming
-it (the password masked by kombu's ``maybe_sanitize_url``) and exit status 1, never a traceback.
+Commands that only use Redis (``status``, ``locks``, ``branches``, ``revisions``, ``cancel``) need
+only ``REDIS_URL`` and build no other client. A Redis that cannot be reached or refuses the password
+is one line naming it (the password masked by kombu's ``maybe_sanitize_url``) and exit status 1,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from codeworker.coordination.locks import list_locks
 from codeworker.coordination.registry import BranchRegistry, BranchStatus
 from codeworker.doctor import Finding, Verdict, run_checks
 from codeworker.models import InvalidJob, OperationType, parse_job
+from codeworker.pipeline.revision import TASK_NAME as FOLLOW_UP_TASK
+from codeworker.pipeline.revision import revision_id
 from codeworker.pipeline.service import pipeline
 
 TASK_BY_TYPE = {kind.value: kind.task_name for kind in OperationType}
@@ -93,7 +96,51 @@ def _print_progress(info: dict[str, Any]) -> None:
 
 
 NO_WORKER = 3
-"""Exit status of ``submit --wait`` when no worker consumes the queue: the job was sent and waits."""
+"""Exit status of ``--wait`` when no worker consumes the queue: the job was sent and waits."""
+
+REVISABLE = (BranchStatus.PR_OPEN, BranchStatus.REVISING)
+"""Branch statuses a follow-up may revise; the worker refuses the others too, but only once it runs."""
+
+
+def _send(task_name: str, payload: dict[str, Any], wait: bool, timeout: float | None) -> None:
+    """Send ``payload`` to ``task_name`` on the queue and print the task id. With ``wait``, follow
+    its progress, print its result and exit 0 if it succeeded, else 1 (:data:`NO_WORKER` when no
+    worker consumes the queue)."""
+    from codeworker.celery import app
+
+    settings = get_settings()
+    result = app.send_task(task_name, args=[payload], queue=settings.queue)
+    click.echo(f"task {result.id} sent to {settings.queue}", err=True)
+    if not wait:
+        click.echo(result.id)
+        return
+    consumers = app.control.inspect(timeout=1.0).active_queues() or {}
+    if not any(queue["name"] == settings.queue for queues in consumers.values() for queue in queues):
+        click.echo(
+            f"no worker consumes {settings.queue} (none answered within 1 s): the job waits in the "
+            "queue until one starts",
+            err=True,
+        )
+        click.echo(result.id)
+        sys.exit(NO_WORKER)
+    last: list[Any] = [None]
+
+    def on_message(message: dict[str, Any]) -> None:
+        info = message.get("result")
+        if message.get("status") == "PROGRESS" and isinstance(info, dict) and info != last[0]:
+            last[0] = info
+            _print_progress(info)
+        elif message.get("status") in ("STARTED", "RETRY"):
+            click.echo(f"  {message['status'].lower()}", err=True)
+
+    outcome = result.get(timeout=timeout, on_message=on_message, propagate=False)
+    _echo_json(outcome)
+    sys.exit(0 if isinstance(outcome, dict) and outcome.get("success") else 1)
+
+
+def _requester(requested_by: str | None) -> str:
+    """Who asks: the ``--by`` given, else ``user@host``."""
+    return requested_by or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 class Commands(click.Group):
@@ -190,8 +237,6 @@ def submit(job_file: Path | None, wait: bool, timeout: float | None, **flags: An
     """Send a job (JSON file and/or flags) to the code-operation queue, once it passes the worker's
     own validation. With --wait, exit status 3 says that no worker consumes the queue (the job
     was sent and waits there)."""
-    from codeworker.celery import app
-
     settings = get_settings()
     job = _load_job(job_file, flags)
     try:
@@ -203,33 +248,36 @@ def submit(job_file: Path | None, wait: bool, timeout: float | None, **flags: An
         )
     except InvalidJob as exc:
         raise click.UsageError(f"not sent: {exc}") from None
-    result = app.send_task(TASK_BY_TYPE[job["operation_type"]], args=[job], queue=settings.queue)
-    click.echo(f"task {result.id} sent to {settings.queue}", err=True)
-    if not wait:
-        click.echo(result.id)
-        return
-    consumers = app.control.inspect(timeout=1.0).active_queues() or {}
-    if not any(queue["name"] == settings.queue for queues in consumers.values() for queue in queues):
-        click.echo(
-            f"no worker consumes {settings.queue} (none answered within 1 s): the job waits in the "
-            "queue until one starts",
-            err=True,
+    _send(TASK_BY_TYPE[job["operation_type"]], job, wait, timeout)
+
+
+@main.command("follow-up")
+@click.argument("operation_id")
+@click.argument("instructions")
+@click.option("--by", "requested_by", default=None, help="Who asks, for the PR comment (default user@host).")
+@click.option("--wait/--no-wait", default=False, help="Follow progress live and print the result.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the result.")
+def follow_up(
+    operation_id: str, instructions: str, requested_by: str | None, wait: bool, timeout: float | None
+) -> None:
+    """Send the next revision of an operation's open pull request, which follows INSTRUCTIONS."""
+    if not instructions.strip():
+        raise click.UsageError("not sent: the instructions are empty")
+    record = BranchRegistry(*_store(get_settings())).of_operation(operation_id)
+    if record is None:
+        raise click.ClickException(f"no codeworker branch for operation {operation_id}")
+    if record.status not in REVISABLE:
+        raise click.ClickException(
+            f"operation {operation_id}: its branch is {record.status.value}; "
+            "only an open pull request is revised"
         )
-        click.echo(result.id)
-        sys.exit(NO_WORKER)
-    last: list[Any] = [None]
-
-    def on_message(message: dict[str, Any]) -> None:
-        info = message.get("result")
-        if message.get("status") == "PROGRESS" and isinstance(info, dict) and info != last[0]:
-            last[0] = info
-            _print_progress(info)
-        elif message.get("status") in ("STARTED", "RETRY"):
-            click.echo(f"  {message['status'].lower()}", err=True)
-
-    outcome = result.get(timeout=timeout, on_message=on_message, propagate=False)
-    _echo_json(outcome)
-    sys.exit(0 if isinstance(outcome, dict) and outcome.get("success") else 1)
+    request = {
+        "operation_id": operation_id,
+        "instructions": instructions,
+        "requested_by": _requester(requested_by),
+        "trigger": "cli",
+    }
+    _send(FOLLOW_UP_TASK, request, wait, timeout)
 
 
 @main.command()
@@ -265,9 +313,8 @@ def cancel(operation_id: str, requested_by: str | None) -> None:
     """Cancel an operation. A queued job never starts; a running one stops within seconds and pushes
     nothing more; a finished one is left as it is (exit status 1). Needs only REDIS_URL."""
     settings = get_settings()
-    who = requested_by or f"{getpass.getuser()}@{socket.gethostname()}"
     done = Cancellations(*_store(settings), settings.result_expires).request(
-        cancellation_now(who, "codeworker cancel"), operation_id=operation_id
+        cancellation_now(_requester(requested_by), "codeworker cancel"), operation_id=operation_id
     )
     if done.state is CancelState.FINISHED:
         status = (done.result or {}).get("status")
@@ -320,6 +367,55 @@ def branches(repo: str | None, status_: str | None, as_json: bool) -> None:
     for record in records:
         pr = f"  PR #{record.pr_number}" if record.pr_number else ""
         click.echo(f"{record.status.value:<9} {record.repo}  {record.branch}  {record.operation_id}{pr}")
+
+
+@main.command()
+@click.argument("operation_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def revisions(operation_id: str, as_json: bool) -> None:
+    """Show an operation's branch and pull request, and the outcome of each of its revisions."""
+    settings = get_settings()
+    client, keys = _store(settings)
+    record = BranchRegistry(client, keys).of_operation(operation_id)
+    if record is None:
+        raise click.ClickException(f"no codeworker branch for operation {operation_id}")
+    claims = OperationClaims(client, keys, settings.claim_ttl, settings.result_expires)
+    # Every number handed out, not only the ended ones: a queued or running revision shows too.
+    rows = [
+        _revision_row(claims, revision_id(operation_id, n), n) for n in range(1, record.revision_requests + 1)
+    ]
+    if as_json:
+        _echo_json({"record": record.model_dump(mode="json"), "revisions": rows})
+        return
+    pr = f"{record.pr_url} (#{record.pr_number})" if record.pr_number else "-"
+    click.echo(f"branch     {record.branch}")
+    click.echo(f"pr         {pr}")
+    click.echo(f"status     {record.status.value}" + (f" ({record.revising})" if record.revising else ""))
+    click.echo(f"revisions  {record.revisions} ended of {record.revision_requests} asked for")
+    click.echo(f"cost       ${record.cost_usd:.4f}")
+    for row in rows:
+        cost = f"${row['cost_usd']:.4f}" if row["cost_usd"] is not None else "-"
+        error = (row["error"] or "")[:100]
+        click.echo(
+            f"r{row['number']}  {row['operation_id']}  {row['state'] or '-'}  {row['status'] or '-'}  "
+            f"{row['head'] or '-'}  {cost}  {error}".rstrip()
+        )
+
+
+def _revision_row(claims: OperationClaims, operation_id: str, number: int) -> dict[str, Any]:
+    """What the claims say of one revision; None fields where it has no record (yet, or any more)."""
+    claim = claims.get(operation_id) or {}
+    result = claim.get("result") or {}
+    commits = result.get("commits") or []
+    return {
+        "number": number,
+        "operation_id": operation_id,
+        "state": claim.get("state"),
+        "status": result.get("status"),
+        "head": commits[-1][:12] if commits else None,
+        "cost_usd": (result.get("usage") or {}).get("cost_usd"),
+        "error": result.get("error"),
+    }
 
 
 @main.command()

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from codeworker.coordination.connection import SentinelUrl, is_sentinel
+from codeworker.models import OperationType
 
 
 class ModelPrice(BaseModel):
@@ -283,6 +284,25 @@ class Settings(BaseSettings):
 
     webhook_secret: SecretStr = SecretStr("")
     """Secret GitHub signs webhook deliveries with; empty turns POST /webhooks/github off (503)."""
+
+    mention: str = Field("codeworker", pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}$")
+    """The handle people write after @ on GitHub to ask codeworker for something."""
+
+    github_login: str = Field("", max_length=100)
+    """codeworker's own GitHub account (a token that is no App's comments as a user); never a
+    trigger. An account whose type is Bot or whose login ends in [bot] never is either."""
+
+    reply_to_unauthorized: bool = True
+    """Answer, once per person and pull request or issue, someone who asked without write access."""
+
+    max_ci_follow_ups: int = Field(2, ge=0)
+    """Follow-ups that failing checks may start per pull request; 0 turns the CI loop off."""
+
+    pr_budget_usd: float = Field(20.0, ge=0)
+    """Most US dollars an operation and all its revisions may spend on one pull request."""
+
+    issue_operation_type: OperationType = OperationType.FEATURE_IMPLEMENTATION
+    """Operation type of an issue labelled plain ``codeworker`` or mentioning the handle."""
 
     metrics_dir: Path = Path("/tmp/codeworker-metrics")  # noqa: S108 - a per-worker subdirectory, wiped at start
     """Parent of each worker's prometheus multiprocess directory (``<metrics_dir>/<worker pid>``)."""

@@ -48,6 +48,7 @@ from github.Requester import Requester
 from pydantic import SecretStr
 from urllib3.util.retry import Retry
 
+from codeworker.config import Settings
 from codeworker.worker import metrics
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,16 @@ class PullRequests:
             seconds_between_writes=seconds_between_writes,
             # No GET /repos/{owner}/{repo} before each call: the repository object is only a URL.
             lazy=True,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PullRequests:
+        return cls(
+            settings.github_api_url,
+            settings.github_token,
+            settings.github_seconds_between_writes,
+            timeout=settings.github_timeout,
+            rate_limit_wait=settings.github_rate_limit_wait,
         )
 
     def close(self) -> None:

@@ -183,6 +183,27 @@ class FeatureContext(_Model):
     test_strategy: str = Field("", max_length=MAX_TEXT)
 
 
+class Revision(_Model):
+    """What makes a job the next revision of an open pull request (``codeworker.follow_up``): set
+    by the worker, never by a sender. The instructions and the conversation are people's words
+    from GitHub, handed to the model as untrusted data; nothing here changes where the job pushes
+    or how it is judged."""
+
+    number: int = Field(ge=1)
+    """1 for the first follow-up of the operation, then 2, 3..."""
+    of_operation: str
+    """The operation whose branch and pull request this revises."""
+    branch: str
+    """The operation's branch on the remote, which the revision checks out and pushes to."""
+    pr_number: int | None = None
+    instructions: str = Field(min_length=1, max_length=MAX_TEXT)
+    requested_by: str = Field(max_length=200)
+    trigger: str = "api"
+    """What asked for it: comment, review, review_comment, checks, cli or api."""
+    conversation: str = Field("", max_length=MAX_TEXT)
+    """The pull request's conversation so far, rendered, oldest first (clipped from the start)."""
+
+
 class Job(_Model):
     """One code operation, as a sender enqueues it."""
 
@@ -200,6 +221,10 @@ class Job(_Model):
     operation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     test_command: str | None = Field(None, max_length=2000)
     executor: str | None = Field(None, max_length=100)
+    issue_number: int | None = Field(None, ge=1)
+    """The GitHub issue the operation answers: its pull request says ``Fixes #N``."""
+    revision: Revision | None = None
+    """Set by ``codeworker.follow_up`` only (a sender's is refused): the job revises an open PR."""
 
     @field_validator("target_files")
     @classmethod
@@ -261,6 +286,8 @@ def parse_job(
     data = dict(raw)
     if default_operation_id and data.get("operation_id", data.get("operationId")) is None:
         data["operation_id"] = default_operation_id
+    if data.get("revision") is not None:
+        raise InvalidJob({"revision": "is set by codeworker.follow_up only; send a follow-up instead"})
     sent_type = data.get("operation_type", data.get("operationType"))
     if sent_type is None:
         data["operation_type"] = operation_type

@@ -13,6 +13,8 @@
     {prefix}:branches:repo:{repo}        set     branch record keys of one repository
     {prefix}:branches:status:{status}    set     branch record keys in one status
     {prefix}:branches:all                set     every branch record key
+    {prefix}:branches:operation          hash    operation id -> its branch record key
+    {prefix}:revision:task:{task_id}     string  revision number a follow-up's Celery task got
     {prefix}:delivery:{delivery_id}      string  a GitHub webhook delivery already handled (EX a week)
 
 ``repo`` is :func:`repo_id` of the repository URL: host and path, lower-cased, without scheme,
@@ -86,6 +88,12 @@ class Keys:
 
     def delivery(self, delivery_id: str) -> str:
         return f"{self.prefix}:delivery:{delivery_id}"
+
+    def revision_of_task(self, task_id: str) -> str:
+        return f"{self.prefix}:revision:task:{task_id}"
+
+    def operation_branches(self) -> str:
+        return f"{self.prefix}:branches:operation"
 
     def all_branches(self) -> str:
         return f"{self.prefix}:branches:all"

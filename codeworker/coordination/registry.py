@@ -27,12 +27,14 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from codeworker.coordination.attempts import Attempt, GuardedScript
 from codeworker.coordination.keys import Keys
+from codeworker.coordination.scripts import LuaScript
 
 
 class BranchStatus(StrEnum):
     ACTIVE = "active"
     PUSHED = "pushed"
     PR_OPEN = "pr_open"
+    REVISING = "revising"
     MERGING = "merging"
     MERGED = "merged"
     CLOSED = "closed"
@@ -49,8 +51,11 @@ LIVE_STATUSES = frozenset(
 _FORWARD: dict[BranchStatus, frozenset[BranchStatus]] = {
     BranchStatus.ACTIVE: frozenset({BranchStatus.PUSHED}),
     BranchStatus.PUSHED: frozenset({BranchStatus.PR_OPEN, BranchStatus.MERGING}),
-    BranchStatus.PR_OPEN: frozenset({BranchStatus.MERGED, BranchStatus.CLOSED}),
+    BranchStatus.PR_OPEN: frozenset({BranchStatus.MERGED, BranchStatus.CLOSED, BranchStatus.REVISING}),
     BranchStatus.MERGING: frozenset({BranchStatus.MERGED}),
+    # A revision (codeworker.follow_up) ends back at pr_open whatever happened to it: the pull
+    # request stays open and the next comment can ask again.
+    BranchStatus.REVISING: frozenset({BranchStatus.PR_OPEN, BranchStatus.MERGED, BranchStatus.CLOSED}),
 }
 
 TRANSITIONS: dict[BranchStatus, frozenset[BranchStatus]] = {
@@ -74,14 +79,14 @@ def sources_of(to: BranchStatus) -> list[BranchStatus]:
 REGISTER_SCRIPT = GuardedScript(
     """
 -- KEYS[1] record, KEYS[2] repo index, KEYS[3] all index, KEYS[4] active index,
--- KEYS[5..] every status index (to leave the old one on a reset)
+-- KEYS[5] operation -> record hash, KEYS[6..] every status index (to leave the old one on a reset)
 -- ARGV[1] operation id, ARGV[2..] field, value pairs of the new record
 local existing = redis.call('HGET', KEYS[1], 'operation_id')
 if existing and existing ~= ARGV[1] then
     return {'exists', existing, redis.call('HGET', KEYS[1], 'status') or ''}
 end
 local created_at = redis.call('HGET', KEYS[1], 'created_at')
-for i = 5, #KEYS do
+for i = 6, #KEYS do
     redis.call('SREM', KEYS[i], KEYS[1])
 end
 redis.call('DEL', KEYS[1])
@@ -92,6 +97,7 @@ end
 redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('SADD', KEYS[3], KEYS[1])
 redis.call('SADD', KEYS[4], KEYS[1])
+redis.call('HSET', KEYS[5], ARGV[1], KEYS[1])
 local reply = {'ok'}
 for _, item in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(reply, item) end
 return reply
@@ -135,6 +141,33 @@ return reply
 """
 )
 """Change non-status fields of an existing record."""
+
+COUNT_SCRIPT = LuaScript(
+    """
+-- KEYS[1] record; ARGV[1] counter field, ARGV[2] increment
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+"""
+)
+"""Add to a counter of an existing record (never creating a record of one field)."""
+
+REVISION_NUMBER_SCRIPT = LuaScript(
+    """
+-- KEYS[1] record, KEYS[2] the task's revision number; ARGV[1] its TTL, ARGV[2] 1 if there is a task
+if ARGV[2] == '1' then
+    local known = redis.call('GET', KEYS[2])
+    if known then return known end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local number = redis.call('HINCRBY', KEYS[1], 'revision_requests', 1)
+if ARGV[2] == '1' then redis.call('SET', KEYS[2], number, 'EX', ARGV[1]) end
+return number
+"""
+)
+"""Hand out the next revision number of a branch, once per Celery task."""
+
+COUNTERS = frozenset({"revision_requests", "ci_follow_ups"})
+"""Record fields that :meth:`BranchRegistry.count` may add to."""
 
 
 class RegistryError(Exception):
@@ -191,6 +224,22 @@ class BranchRecord(BaseModel):
     pr_url: str | None = None
     fencing_token: int | None = None
     error: str | None = None
+    job: str | None = None
+    """The operation's job as it ran (JSON), so a follow-up can run it again with new instructions."""
+    head: str | None = None
+    """The last commit codeworker pushed to the branch (a failing check on it triggers a follow-up)."""
+    revisions: int = 0
+    """Follow-ups that ended (pushed or not); ``revision_requests`` counts those asked for."""
+    revision_requests: int = 0
+    """Follow-up numbers handed out: the next one is ``{operation_id}.r{revision_requests + 1}``."""
+    revising: str | None = None
+    """The operation id of the revision running now (status revising)."""
+    ci_follow_ups: int = 0
+    """Follow-ups that failing checks started (capped by CODEWORKER_MAX_CI_FOLLOW_UPS)."""
+    cost_usd: float = 0.0
+    """Model cost of the operation and all its revisions (capped by CODEWORKER_PR_BUDGET_USD)."""
+    progress_comment: int | None = None
+    """The one PR comment codeworker edits as revisions run."""
 
     @classmethod
     def new(cls, **fields: Any) -> BranchRecord:
@@ -255,6 +304,7 @@ class BranchRegistry:
                 self.keys.branches_by_repo(fresh.repo),
                 self.keys.all_branches(),
                 self.keys.branches_by_status(BranchStatus.ACTIVE),
+                self.keys.operation_branches(),
                 *(self.keys.branches_by_status(status) for status in BranchStatus),
             ],
             args=[fresh.operation_id, *pairs],
@@ -310,6 +360,42 @@ class BranchRegistry:
         if reply[0] == "unknown":
             raise UnknownBranch(repo, branch)
         return _decode(reply[1:])
+
+    def count(self, repo: str, branch: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to counter ``field`` of an existing record (HINCRBY: two callers never get
+        the same number); the new value. A record deleted meanwhile raises :class:`UnknownBranch`."""
+        if field not in COUNTERS:
+            raise ValueError(f"{field} is not a counter of the branch record")
+        reply = COUNT_SCRIPT(
+            keys=[self.keys.branch(repo, branch)],
+            args=[field, by],
+            client=self.client,
+        )
+        if reply is None:
+            raise UnknownBranch(repo, branch)
+        return int(reply)
+
+    def revision_number(self, repo: str, branch: str, task_id: str | None, ttl: float) -> int:
+        """The revision number of the follow-up carried by Celery task ``task_id``: handed out
+        (``revision_requests`` + 1) the first time, the same one for every later delivery of it."""
+        reply = REVISION_NUMBER_SCRIPT(
+            keys=[self.keys.branch(repo, branch), self.keys.revision_of_task(task_id or "")],
+            args=[int(ttl), 1 if task_id else 0],
+            client=self.client,
+        )
+        if reply is None:
+            raise UnknownBranch(repo, branch)
+        return int(reply)
+
+    def of_operation(self, operation_id: str) -> BranchRecord | None:
+        """The branch record of operation ``operation_id`` (None: it registered no branch)."""
+        key = self.client.hget(self.keys.operation_branches(), operation_id)
+        found = self._hgetall([key]) if key else []
+        return found[0] if found and found[0].operation_id == operation_id else None
+
+    def of_pull_request(self, repo: str, number: int) -> BranchRecord | None:
+        """The record of the pull request ``number`` of ``repo``, if codeworker opened it."""
+        return next((r for r in self.list(repo=repo) if r.pr_number == number), None)
 
     def get(self, repo: str, branch: str) -> BranchRecord | None:
         flat = self._hgetall([self.keys.branch(repo, branch)])

@@ -85,6 +85,10 @@ class Worktree:
         self._mirrors = mirrors
         self.pending: str | None = None
         """The commit made and not yet pushed: its objects are in the job's store alone."""
+        self.builds_on: str | None = None
+        """A revision's parent: the branch's tip, whose files :meth:`take_branch` put in the
+        checkout. HEAD stays at the base commit, so every diff (and the verification) still sees
+        the whole change against the base, while the commit goes on top of the tip."""
 
     def __repr__(self) -> str:
         return f"Worktree(path={self.path!r}, branch={self.branch!r}, base={self.base!r})"
@@ -110,25 +114,27 @@ class Worktree:
 
     # -- reading changes --------------------------------------------------------------------------
 
-    def changed_files(self) -> list[str]:
-        """Paths that a commit now would add, modify or delete (untracked included, ignored not)."""
+    def changed_files(self, since: str | None = None) -> list[str]:
+        """Paths that a commit now would add, modify or delete (untracked included, ignored not),
+        against HEAD or against commit ``since``."""
         repo = self.repository()
         paths = set()
-        for patch in self._diff(repo):
+        for patch in self._diff(repo, since):
             delta = patch.delta
             paths.add(delta.old_file.path)
             paths.add(delta.new_file.path)
         return sorted(paths)
 
-    def added_lines(self) -> dict[str, list[tuple[int, str]]]:
-        """Added lines per path, with 1-based line numbers in the new file, for the secret scan.
+    def added_lines(self, since: str | None = None) -> dict[str, list[tuple[int, str]]]:
+        """Added lines per path (against HEAD, or commit ``since``), with 1-based line numbers in
+        the new file, for the secret scan.
 
         Binary files are diffed as text (decoded with ``errors="replace"``) so a key hidden in a
         file git would call binary is still seen. Deleted files have no added lines and are absent.
         """
         repo = self.repository()
         added: dict[str, list[tuple[int, str]]] = {}
-        for patch in self._diff(repo):
+        for patch in self._diff(repo, since):
             if patch.delta.status == pygit2.enums.DeltaStatus.DELETED:
                 continue
             lines = [
@@ -167,13 +173,27 @@ class Worktree:
 
     # -- writing ----------------------------------------------------------------------------------
 
+    def take_branch(self) -> None:
+        """Put the files of the remote branch's tip (:attr:`seen`) in the checkout, HEAD staying at
+        the base commit: a revision edits the pull request as it is, and commits on its tip."""
+        if self.seen is None:
+            raise GitError(f"branch {self.branch} is not on the remote")
+        repo = self.repository()
+        tip = repo[self.seen].peel(pygit2.Commit)
+        repo.checkout_tree(tip.tree, strategy=pygit2.enums.CheckoutStrategy.FORCE)
+        self.builds_on = self.seen
+
     def commit(self, message: str, author_name: str, author_email: str) -> str | None:
         """Stage everything (deletions too) and commit, pending until :meth:`push`; None when
         nothing changed."""
         repo = self.repository()
         index = _stage_all(repo)
         tree = index.write_tree()
-        head = self._tip(repo)
+        head = (
+            repo[self.builds_on].peel(pygit2.Commit)
+            if self.builds_on and self.pending is None
+            else self._tip(repo)
+        )
         if tree == head.tree_id:
             return None
         _check_symlinks(repo, head.tree.diff_to_tree(repo[tree]))
@@ -279,14 +299,15 @@ class Worktree:
             repo.references[f"refs/heads/{self.local_branch}"].set_target(self.pending, "codeworker: commit")
             self.pending = None
 
-    def _diff(self, repo: pygit2.Repository) -> pygit2.Diff:
-        """Diff HEAD against the tree a commit would record, without touching the on-disk index.
+    def _diff(self, repo: pygit2.Repository, since: str | None = None) -> pygit2.Diff:
+        """Diff HEAD (or commit ``since``) against the tree a commit would record, without touching
+        the on-disk index.
 
         Diffing the would-be commit means changed_files, added_lines and commit always agree
         (untracked files included, ignored ones not). FORCE_TEXT keeps binary files line-diffable.
         """
         tree = repo[_stage_all(repo).write_tree()]
-        head_tree = self._tip(repo).tree
+        head_tree = repo[since].peel(pygit2.Commit).tree if since else self._tip(repo).tree
         return head_tree.diff_to_tree(tree, flags=pygit2.enums.DiffOption.FORCE_TEXT, context_lines=0)
 
 

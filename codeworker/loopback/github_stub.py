@@ -245,6 +245,11 @@ class GitHubStub(LoopbackServer):
         with self._lock:
             return _copy(self._repo(owner, repo).comments.get(number, []))
 
+    def review_comments(self, owner: str, repo: str, number: int) -> list[dict[str, Any]]:
+        """The inline comments on a pull request's diff, oldest first."""
+        with self._lock:
+            return _copy(self._repo(owner, repo).review_comments.get(number, []))
+
     @property
     def pulls(self) -> dict[str, list[dict[str, Any]]]:
         """Every pull request, keyed by ``owner/repo`` (copies; the stand-in keeps its own)."""

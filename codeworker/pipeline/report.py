@@ -16,6 +16,11 @@ def _headline(job: Job) -> str:
 
 def commit_message(job: Job, outcome: Outcome) -> str:
     trailer = f"Codeworker-Operation: {job.operation_id}"
+    if job.revision is not None:
+        return (
+            f"{job.operation_type}: revision {job.revision.number}: {_headline(job)}\n\n"
+            f"{outcome.summary}\n\n{trailer}\nCodeworker-Revision-Of: {job.revision.of_operation}\n"
+        )
     return f"{job.operation_type}: {_headline(job)}\n\n{outcome.summary}\n\n{trailer}\n"
 
 
@@ -75,6 +80,7 @@ def pr_body(
         f"**{job.operation_type.replace('_', ' ').capitalize()}** requested: "
         f"{job.description.strip()[:2000]}",
         "",
+        *([f"Fixes #{job.issue_number}", ""] if job.issue_number else []),
         "### Summary",
         outcome.summary,
         "",

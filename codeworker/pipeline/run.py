@@ -23,12 +23,12 @@ from codeworker import logs
 from codeworker.coordination.cancellations import CancelSignal, CancelWatch, OperationCancelled
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.locks import FileLocks
-from codeworker.coordination.registry import BranchStatus
+from codeworker.coordination.registry import BranchRecord, BranchStatus
 from codeworker.coordination.watchdog import LockWatchdog
 from codeworker.executors.base import Executor, Outcome, RetryLater
 from codeworker.git.worktree import Worktree
 from codeworker.models import Job, PullRequestInfo, Result, Status, Usage, Verification
-from codeworker.pipeline import stages
+from codeworker.pipeline import revision, stages
 from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import StageFailed, ending
 from codeworker.sandbox.checkout import Checkout
@@ -89,7 +89,7 @@ class OperationRun:
         self.started = started
         self.started_wall = time.time() - (time.monotonic() - started)
         self.repo = repo_id(job.repository.url)
-        self.branch = branch_name(job)
+        self.branch = job.revision.branch if job.revision else branch_name(job)
         self.attempt = pipeline.claims.attempt(job.operation_id, owner)
         """Every shared write of this run is conditional on it still holding the claim."""
         self.locks = FileLocks(
@@ -135,6 +135,14 @@ class OperationRun:
         self.findings: list[SecretFinding] = []
         self.commits: list[str] = []
         """Shas on the branch, once it is pushed."""
+        self.record: BranchRecord | None = None
+        """A revision's branch record as it was when the revision started."""
+        self.revision_files: list[str] = []
+        """Files a revision changed on top of the branch's tip (``files`` is the whole PR's)."""
+        self.pr_number: int | None = None
+        self.pr_url: str | None = None
+        self.note: revision.ProgressComment | None = None
+        """A revision's progress comment on its pull request."""
 
     def heartbeat_claim(self) -> bool:
         """Renew this attempt's claim; False once another attempt has taken the operation over."""
@@ -196,6 +204,13 @@ class OperationRun:
     def _run_stages(self) -> Result:
         self.enter(stages.checkout.__name__)
         stages.checkout(self)
+        if self.job.revision is not None:
+            resume = stages.resumable(self)
+            for stage in (stages.resume,) if resume else stages.REVISION_STAGES:
+                self.enter(stage.__name__)
+                stage(self)
+            self.enter(stages.revised.__name__)
+            return stages.revised(self)
         for stage in (stages.resume,) if stages.resumable(self) else stages.AFTER_CHECKOUT:
             self.enter(stage.__name__)
             stage(self)
@@ -214,6 +229,7 @@ class OperationRun:
         self.stage, self.stage_started, self.last_stage = stage, time.monotonic(), stage
         log.info("stage %s", stage, extra={"stage": stage, "branch": self.branch})
         self._journal(stage)
+        revision.progress(self, revision.STAGE_WORDS.get(stage, stage))
         if self.progress is not None:
             self.progress(
                 Progress(
@@ -286,6 +302,35 @@ class OperationRun:
             self._mark_branch(BranchStatus.ABANDONED, f"deferred: {exc}")
         else:
             self._mark_branch(BranchStatus.FAILED, str(failure))
+
+    def settle_revision(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """The undo of starting a revision: the record back to ``pr_open`` (the pull request is
+        still open, whatever happened to this revision), and, unless the revision only waits to
+        run again, an answer on the PR saying why nothing was pushed."""
+        if not isinstance(exc, Exception):
+            return
+        failure = self._ending(exc)
+        fields: dict[str, Any] = {"revising": None}
+        if failure is not None:
+            spent = self.outcome.usage.cost_usd if self.outcome else 0.0
+            record = self.record
+            fields.update(
+                error=logs.scrub(str(failure))[:2000],
+                revisions=(record.revisions if record else 0) + 1,
+                cost_usd=round((record.cost_usd if record else 0.0) + spent, 6),
+            )
+        try:
+            self.p.registry.transition(
+                self.repo, self.branch, BranchStatus.PR_OPEN, attempt=self.attempt, **fields
+            )
+        except Exception:  # merged or closed meanwhile, or no longer ours: keep it
+            log.info("branch record kept its status", exc_info=True)
+        if failure is not None:
+            spent = f"${self.outcome.usage.cost_usd:.4f}" if self.outcome else "$0"
+            revision.progress(self, f"{failure.status.value}: nothing pushed ({spent})")
+            revision.reply(self, revision.failure_answer(self, str(failure)))
 
     def _mark_branch(self, status: BranchStatus, error: str) -> None:
         try:

@@ -46,6 +46,7 @@ from codeworker.pipeline.errors import (
     busy_delay,
     deferral_delay,
 )
+from codeworker.pipeline.revision import FollowUpRequest, revised_record, revision_job
 from codeworker.pipeline.run import OperationRun, ProgressSink, quietly
 from codeworker.secrets.scanner import SecretScanner
 from codeworker.worker.journal import ActiveJob, ActiveJobs
@@ -90,13 +91,7 @@ class Pipeline:
                 retries=GitRetries(settings.git_retries, settings.git_retry_delay),
             ),
             scanner=SecretScanner(settings.scanner, settings.scan_timeout),
-            pulls=PullRequests(
-                settings.github_api_url,
-                settings.github_token,
-                settings.github_seconds_between_writes,
-                timeout=settings.github_timeout,
-                rate_limit_wait=settings.github_rate_limit_wait,
-            ),
+            pulls=PullRequests.from_settings(settings),
             redis=client,
             keys=keys,
             journal=ActiveJobs.of_worker(settings.workspace_root, worker_pid or os.getpid()),
@@ -128,7 +123,42 @@ class Pipeline:
             executor = self.resolve_executor(job.executor, job.operation_type)
         except (InvalidJob, UnknownExecutor) as exc:
             return self.reject(raw, exc)
+        return self._run_job(job, executor, started, progress, task_id, redelivered)
 
+    def follow_up(
+        self,
+        raw: Any,
+        progress: ProgressSink | None = None,
+        *,
+        task_id: str | None = None,
+        redelivered: bool = False,
+    ) -> dict[str, Any]:
+        """Run one follow-up (:mod:`codeworker.pipeline.revision`): the operation's job again as
+        its next revision, ``{operation_id}.r{n}``. The number is handed out once per Celery task
+        id, so a redelivery or retry of the same message is the same revision."""
+        started = time.monotonic()
+        try:
+            request = FollowUpRequest.parse(raw, self.settings.allowed_repos)
+            record = revised_record(self, request)
+            number = self.registry.revision_number(
+                record.repo, record.branch, task_id, self.settings.result_expires
+            )
+            job = revision_job(self, request, record, number)
+            executor = self.resolve_executor(job.executor, job.operation_type)
+        except (InvalidJob, UnknownExecutor) as exc:
+            return self.reject(raw, exc)
+        return self._run_job(job, executor, started, progress, task_id, redelivered)
+
+    def _run_job(
+        self,
+        job: Job,
+        executor: Executor,
+        started: float,
+        progress: ProgressSink | None,
+        task_id: str | None,
+        redelivered: bool,
+    ) -> dict[str, Any]:
+        """Claim the operation and run it (or answer its recorded result, or come back later)."""
         with logs.bound_operation(job.operation_id):
             claim = self.claims.claim(job.operation_id, task_id)
             if claim.state is ClaimState.FINISHED:
@@ -344,6 +374,12 @@ class Pipeline:
                 and record.status in LIVE_STATUSES
             ):
                 steps.insert(0, lambda: self._abandon_branch(entry, reason))
+            elif (
+                record is not None
+                and record.status is BranchStatus.REVISING
+                and record.revising == entry.operation_id
+            ):
+                steps.insert(0, lambda: self._abandon_revision(entry, reason))
             for step in steps:
                 quietly(step)
             journal.remove(entry.operation_id, entry.claim_owner)
@@ -355,6 +391,17 @@ class Pipeline:
             entry.branch,
             BranchStatus.ABANDONED,
             attempt=self.claims.attempt(entry.operation_id, entry.claim_owner),
+            error=reason,
+        )
+
+    def _abandon_revision(self, entry: ActiveJob, reason: str) -> None:
+        """A killed revision's pull request is still open: its record goes back to pr_open."""
+        self.registry.transition(
+            entry.repo,
+            entry.branch,
+            BranchStatus.PR_OPEN,
+            attempt=self.claims.attempt(entry.operation_id, entry.claim_owner),
+            revising=None,
             error=reason,
         )
 

@@ -26,6 +26,7 @@ from codeworker.executors.base import RetryLater
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
 from codeworker.github import CheckRunReport, GitHubError
 from codeworker.models import PullRequestInfo, Result, Status
+from codeworker.pipeline import revision
 from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import ChangeTooLarge, LockDeferred, StageFailed, busy_delay
 from codeworker.pipeline.report import commit_message, evidence_table, pr_body, pr_title
@@ -69,6 +70,7 @@ def register(run: OperationRun) -> None:
             operation_id=job.operation_id,
             operation_type=job.operation_type,
             files=job.target_files,
+            job=job.model_dump_json(exclude_none=True),
         ),
         attempt=run.attempt,
     )
@@ -80,8 +82,10 @@ def lock(run: OperationRun) -> None:
     workspace, which locks whatever else the executor writes."""
     job = run.job
     run.on_exit(run.locks.release)
-    if job.target_files:
-        fence = take_locks(run, job.target_files)
+    # A revision holds again what the operation held: its files are the pull request's.
+    paths = sorted({*job.target_files, *(run.record.files if run.record else [])})
+    if paths:
+        fence = take_locks(run, paths)
         run.p.registry.update(run.repo, run.branch, attempt=run.attempt, fencing_token=fence)
     try:
         workspace = Checkout(run.worktree, run.locks, run.p.settings, job.test_command, run.cancel)
@@ -145,7 +149,9 @@ def execute(run: OperationRun) -> None:
     run.cancel.raise_if_set()
     metrics.agent_iterations(job.operation_type, run.outcome.iterations)
     run.files = run.worktree.changed_files()
-    if not run.files:
+    if job.revision is not None:
+        run.revision_files = run.worktree.changed_files(since=run.worktree.builds_on)
+    if not (run.revision_files if job.revision else run.files):
         raise StageFailed(Status.NO_CHANGES, f"the {run.executor.name} executor made no changes")
     _check_change_size(run)
     try:  # before locking: a link out of the checkout is refused by name, not as a bad path
@@ -168,7 +174,8 @@ def verify(run: OperationRun) -> None:
 
 def scan(run: OperationRun) -> None:
     """The secret scan of the added lines; a HIGH finding blocks the commit."""
-    findings = run.p.scanner.scan(run.worktree.added_lines())
+    # A revision's scan: what it adds on top of the branch (the rest was scanned, or a person's).
+    findings = run.p.scanner.scan(run.worktree.added_lines(since=run.worktree.builds_on))
     blocked = blocking(findings)
     metrics.secret_scan(findings, blocked)
     if blocked:
@@ -206,7 +213,8 @@ def push(run: OperationRun) -> None:
         metrics.push_failed(run.job.operation_type)
         raise
     run.commits = commits
-    run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
+    if run.job.revision is None:  # a revision stays revising until it answered on the PR
+        run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
 
 
 def resumable(run: OperationRun) -> bool:
@@ -220,6 +228,8 @@ def resumable(run: OperationRun) -> bool:
     if run.worktree.seen != pushed.commits[-1]:
         return False
     record = run.p.registry.get(run.repo, run.branch)
+    if record is not None and run.job.revision is not None:
+        return record.status in (BranchStatus.PR_OPEN, BranchStatus.REVISING)
     return (
         record is not None
         and record.operation_id == run.job.operation_id
@@ -240,12 +250,16 @@ def resume(run: OperationRun) -> None:
     )
     run.on_exit(run.locks.release)
     take_locks(run, [*run.job.target_files, *pushed.files])
-    record = run.p.registry.get(run.repo, run.branch)
-    assert record is not None
-    if record.status is not BranchStatus.PUSHED:
-        run.p.registry.register(record, attempt=run.attempt)
-        run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
-    run.undo.push(run.settle_branch)
+    if run.job.revision is not None:
+        revision.start(run)  # its record back to revising, if the cleanup after a crash moved it
+        run.worktree.builds_on = pushed.commits[-2] if len(pushed.commits) > 1 else None
+    else:
+        record = run.p.registry.get(run.repo, run.branch)
+        assert record is not None
+        if record.status is not BranchStatus.PUSHED:
+            run.p.registry.register(record, attempt=run.attempt)
+            run.p.registry.transition(run.repo, run.branch, BranchStatus.PUSHED, attempt=run.attempt)
+        run.undo.push(run.settle_branch)
     run.outcome, run.verification, run.files, run.findings, run.commits = (
         pushed.outcome,
         pushed.verification,
@@ -268,6 +282,21 @@ AFTER_CHECKOUT: tuple[Callable[[OperationRun], None], ...] = (
 )
 """A job's stages from :func:`checkout` up to the push (or only :func:`resume`, for an earlier
 attempt's push); then :func:`pull_request` or :func:`merge` delivers it."""
+
+
+REVISION_STAGES: tuple[Callable[[OperationRun], None], ...] = (
+    revision.start,
+    lock,
+    setup,
+    baseline,
+    revision.take_branch,
+    execute,
+    verify,
+    scan,
+    commit,
+    push,
+)
+"""A revision's stages after :func:`checkout`; then :func:`revised` answers on the PR."""
 
 
 CHECK_RUN = "codeworker/verification"
@@ -325,10 +354,44 @@ def pull_request(run: OperationRun) -> Result:
             # the next attempt finds the branch pushed and goes checkout -> resume -> PR.
             raise RetryLater(f"branch pushed, pull request rate limited: {exc}", exc.retry_after) from exc
         return run.result(Status.PUSHED, error=f"branch pushed, pull request failed: {exc}")
+    spent = run.outcome.usage.cost_usd
     run.p.registry.transition(
-        run.repo, run.branch, BranchStatus.PR_OPEN, attempt=run.attempt, pr_number=pr.number, pr_url=pr.url
+        run.repo,
+        run.branch,
+        BranchStatus.PR_OPEN,
+        attempt=run.attempt,
+        pr_number=pr.number,
+        pr_url=pr.url,
+        head=run.commits[-1],
+        cost_usd=spent,
     )
     info = PullRequestInfo(number=pr.number, url=pr.url, title=pr.title, draft=pr.draft)
+    return run.result(Status.PR_OPEN, pr=info)
+
+
+def revised(run: OperationRun) -> Result:
+    """A revision pushed: its check run, the record back to ``pr_open`` with the revision counted
+    and its cost added, and the answer on the pull request."""
+    job, record = run.job, run.record
+    assert job.revision is not None and record is not None and run.pr_number is not None
+    publish_check(run)
+    spent = run.outcome.usage.cost_usd if run.outcome else 0.0
+    run.p.registry.transition(
+        run.repo,
+        run.branch,
+        BranchStatus.PR_OPEN,
+        attempt=run.attempt,
+        revising=None,
+        error=None,
+        head=run.commits[-1],
+        files=sorted({*record.files, *run.files}),
+        revisions=record.revisions + 1,
+        cost_usd=round(record.cost_usd + spent, 6),
+    )
+    verdict = "verified" if run.verification.verified else "not verified"
+    revision.progress(run, f"pushed `{run.commits[-1][:12]}`, {verdict} (${spent:.4f})")
+    revision.reply(run, revision.answer(run))
+    info = PullRequestInfo(number=run.pr_number, url=run.pr_url or "", title=pr_title(job))
     return run.result(Status.PR_OPEN, pr=info)
 
 

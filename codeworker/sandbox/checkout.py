@@ -100,6 +100,10 @@ class Checkout:
         self._cancel = cancel
         self.verifier: Verifier | None = None
         """Set by the worker once it took the baseline; :meth:`verify` asks it."""
+        self.verifications = 0
+        """Calls of :meth:`verify` so far: one per executor iteration, then the worker's own."""
+        self.on_verify: Callable[[int], None] | None = None
+        """Told the count at each :meth:`verify` call (a revision's progress on its PR)."""
         self._locks = locks
         self._settings = settings
         self._requested_test_command = requested_test_command
@@ -209,6 +213,9 @@ class Checkout:
     def verify(self) -> Verification:
         if self.verifier is None:
             raise RuntimeError("the worker verifies a change only after it took the baseline")
+        self.verifications += 1
+        if self.on_verify is not None:
+            self.on_verify(self.verifications)
         return self.verifier.verify()
 
     def run_on_base(

@@ -23,7 +23,9 @@ from codeworker.config import get_settings
 from codeworker.coordination.connection import redis_for
 from codeworker.coordination.keys import Keys
 from codeworker.coordination.registry import BranchRegistry
+from codeworker.github import PullRequests
 from codeworker.pipeline import stages
+from codeworker.triggers import Triggers
 from codeworker.worker import (
     cancelling,  # noqa: F401  (registers the revoke and cancel commands)
     metrics,
@@ -118,13 +120,20 @@ class HttpService(bootsteps.StartStopStep):
         _services.heartbeat = heartbeat
         _services.redis_ping = redis_ping = RedisPing(settings.redis_url, settings.redis_master_name)
         journal = ActiveJobs.of_worker(settings.workspace_root, os.getpid())
+        registry = BranchRegistry(redis_for(settings), Keys(settings.key_prefix))
+        pulls = PullRequests.from_settings(settings)
+
+        def send(task: str, job: dict[str, Any], task_id: str) -> None:
+            worker.app.send_task(task, args=[job], task_id=task_id, queue=settings.queue)
+
         state = WorkerState(
             hostname=worker.hostname,
             concurrency=worker.concurrency,
             health=lambda: heartbeat.check(redis_ping()),
             active_jobs=lambda: active_jobs(journal),
-            registry=BranchRegistry(redis_for(settings), Keys(settings.key_prefix)),
+            registry=registry,
             started_at=time.time(),
+            triggers=lambda deliveries: Triggers(settings, registry, pulls, deliveries, send),
         )
         # Before the first scrape can come: an idle worker shows every known series at zero.
         metrics.export_zeros(settings.model, [stage.__name__ for stage in STAGES])

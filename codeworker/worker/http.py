@@ -28,6 +28,7 @@ from codeworker.config import Settings
 from codeworker.coordination.deliveries import Deliveries
 from codeworker.coordination.keys import repo_id
 from codeworker.coordination.registry import BranchRegistry, BranchStatus, InvalidTransition, UnknownBranch
+from codeworker.triggers import Triggers
 from codeworker.worker import metrics
 from codeworker.worker.health import Health
 
@@ -45,6 +46,9 @@ class WorkerState:
     """Running jobs: operation_id, operation_type, repository, stage, iteration, started_at..."""
     registry: BranchRegistry
     started_at: float
+    triggers: Callable[[Deliveries], Triggers] | None = None
+    """What GitHub events start (follow-ups, operations from issues), built per request around its
+    delivery record; None: only closed pull requests are acted on."""
 
 
 def create_app(settings: Settings, state: WorkerState) -> Flask:
@@ -94,7 +98,8 @@ def create_app(settings: Settings, state: WorkerState) -> Flask:
     @app.post("/webhooks/github")
     def github_webhook() -> tuple[Response, int]:
         deliveries = Deliveries(state.registry.client, state.registry.keys)
-        return _github_webhook(settings, state.registry, deliveries)
+        triggers = state.triggers(deliveries) if state.triggers is not None else None
+        return _github_webhook(settings, state.registry, deliveries, triggers)
 
     return app
 
@@ -108,7 +113,7 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def _github_webhook(
-    settings: Settings, registry: BranchRegistry, deliveries: Deliveries
+    settings: Settings, registry: BranchRegistry, deliveries: Deliveries, triggers: Triggers | None
 ) -> tuple[Response, int]:
     secret = settings.webhook_secret.get_secret_value()
     if not secret:
@@ -127,13 +132,18 @@ def _github_webhook(
         return jsonify({"ok": True, "event": "ping"}), 200
     if not isinstance(payload, dict):
         return jsonify({"error": "body is not a JSON object"}), 400
-    if event != "pull_request" or payload.get("action") != "closed":
+    closed = event == "pull_request" and payload.get("action") == "closed"
+    if not closed and triggers is None:
         return jsonify({"ignored": f"{event} {payload.get('action') or ''}".strip()}), 202
     delivery = request.headers.get("X-GitHub-Delivery")
     if delivery and not deliveries.first(delivery):
         return jsonify({"duplicate": delivery}), 200
     try:
-        return _pull_request_closed(registry, payload)
+        if closed:
+            return _pull_request_closed(registry, payload)
+        assert triggers is not None
+        answer = triggers.handle(event, payload, delivery or "")
+        return jsonify(answer.body), answer.status
     except Exception:
         if delivery:
             deliveries.forget(delivery)

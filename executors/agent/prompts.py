@@ -6,7 +6,8 @@ import stat
 from pathlib import Path
 
 from codeworker.executors.base import Workspace
-from codeworker.models import Job, OperationType, for_every_type
+from codeworker.models import Job, OperationType, Revision, for_every_type
+from codeworker.pipeline.revision import untrusted
 
 SYSTEM = """\
 You are codeworker, an autonomous software engineer changing a git checkout at {root} so that a \
@@ -165,7 +166,29 @@ def task_prompt(job: Job) -> str:
         parts += [f"## {label}", _items(job.target_files)]
     if job.test_command:
         parts += ["## Test command", f"`{job.test_command}`"]
+    if job.revision is not None:
+        parts += revision_prompt(job.revision)
     return "\n\n".join(parts)
+
+
+def revision_prompt(revision: Revision) -> list[str]:
+    """A follow-up's part of the task: where it stands, then the people's words, each in a block
+    marked as untrusted data (:func:`codeworker.pipeline.revision.untrusted`)."""
+    parts = [
+        f"## Revision {revision.number} of pull request #{revision.pr_number}",
+        "The task above was done and opened as a pull request; the checkout holds that pull request "
+        "as it is now (its changes against the base are uncommitted in git's view, so `git diff` shows "
+        "the whole pull request). Change it as asked below; the worker commits your change on top of "
+        "the branch and verifies the whole pull request against the base again.",
+        f"### What @{revision.requested_by} asks ({revision.trigger.replace('_', ' ')})",
+        untrusted("request", revision.instructions),
+    ]
+    if revision.conversation:
+        parts += [
+            "### The pull request's conversation so far",
+            untrusted("conversation", revision.conversation),
+        ]
+    return parts
 
 
 def feedback_prompt(iteration: int, max_iterations: int, failure: str) -> str:
