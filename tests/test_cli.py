@@ -7,9 +7,11 @@ import os
 import signal
 from pathlib import Path
 
+from codeworker.coordination.keys import repo_id
+from codeworker.coordination.registry import BranchRecord
 from codeworker.loopback.redis_server import free_port
 from tests.support.cli import codeworker
-from tests.support.jobs import APP_PY, RESULT_TIMEOUT, new_repo, parked, scripted_job
+from tests.support.jobs import APP_PY, RESULT_TIMEOUT, new_repo, parked, run_job, scripted_job
 from tests.support.worker import WorkerProcess
 
 
@@ -86,6 +88,65 @@ def test_run_executes_one_operation_in_process(worker_env, git_server, tmp_path:
     assert git_server.read_file("acme", name, "main", "app.py") == APP_PY + "y = 2\n"
     assert "push" in done.stderr
     assert codeworker(env, "status", "no-such-op", check=False).returncode == 1
+
+
+def test_follow_up_refuses_an_operation_without_an_open_pull_request(worker_env, registry):
+    unknown = codeworker(worker_env, "follow-up", "op-no-such-thing", "add a test", check=False)
+    assert unknown.returncode == 1
+    assert "no codeworker branch for operation op-no-such-thing" in unknown.stderr
+
+    url = "https://github.com/acme/active"
+    registry.register(
+        BranchRecord.new(
+            repository=url,
+            repo=repo_id(url),
+            branch="codeworker/op-active",
+            operation_id="op-active",
+            operation_type="refactor",
+        )
+    )
+    active = codeworker(worker_env, "follow-up", "op-active", "add a test", check=False)
+    assert active.returncode == 1
+    assert "its branch is active; only an open pull request is revised" in active.stderr
+
+
+def test_follow_up_wait_pushes_a_revision_that_revisions_lists(client, worker_env, git_server):
+    name, url = new_repo(git_server)
+    job = scripted_job(url, name, {"write": {"app.py": APP_PY + "x = 1\n"}})
+    first = run_job(client, job)
+    assert first["status"] == "pr_open", first
+    # The scripted executor applies a revision's instructions as its script.
+    instructions = json.dumps({"write": {"NOTES.md": "revised\n"}})
+
+    done = codeworker(
+        worker_env,
+        "follow-up",
+        job["operation_id"],
+        instructions,
+        "--by",
+        "alice",
+        "--wait",
+        "--timeout",
+        str(RESULT_TIMEOUT),
+    )
+
+    second = json.loads(done.stdout)
+    assert second["status"] == "pr_open" and second["success"] is True, second
+    assert second["operation_id"] == f"{job['operation_id']}.r1"
+    assert second["branch"] == first["branch"]
+    assert git_server.ref_sha("acme", name, first["branch"]) == second["commits"][-1]
+    assert git_server.parents("acme", name, first["branch"]) == [first["commits"][-1]]
+    assert git_server.read_file("acme", name, first["branch"], "NOTES.md") == "revised\n"
+    assert "push" in done.stderr
+
+    listed = codeworker(worker_env, "revisions", job["operation_id"]).stdout
+    assert f"branch     {first['branch']}" in listed
+    assert f"r1  {job['operation_id']}.r1  finished  pr_open  {second['commits'][-1][:12]}" in listed
+    shown = json.loads(codeworker(worker_env, "revisions", job["operation_id"], "--json").stdout)
+    assert (shown["record"]["status"], shown["record"]["revisions"]) == ("pr_open", 1)
+    assert [(r["number"], r["state"], r["status"]) for r in shown["revisions"]] == [
+        (1, "finished", "pr_open")
+    ]
 
 
 def test_a_worker_without_a_github_token_refuses_to_start_saying_why(worker_env):

@@ -8,6 +8,7 @@ import pytest
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import (
+    LIVE_STATUSES,
     TRANSITIONS,
     BranchExists,
     BranchRecord,
@@ -28,8 +29,9 @@ PATHS_TO: dict[BranchStatus, list[BranchStatus]] = {
     S.PUSHED: [S.PUSHED],
     S.PR_OPEN: [S.PUSHED, S.PR_OPEN],
     S.MERGING: [S.PUSHED, S.MERGING],
+    S.REVISING: [S.PUSHED, S.PR_OPEN, S.REVISING],
 }
-"""Transitions that bring a new branch (active) to each live status."""
+"""Transitions that bring a new branch (active) to each live status, and to revising."""
 
 VALID = {
     (S.ACTIVE, S.PUSHED),
@@ -38,7 +40,11 @@ VALID = {
     (S.MERGING, S.MERGED),
     (S.PR_OPEN, S.MERGED),
     (S.PR_OPEN, S.CLOSED),
-    *((live, end) for live in PATHS_TO for end in (S.FAILED, S.ABANDONED, S.CANCELLED)),
+    (S.PR_OPEN, S.REVISING),
+    (S.REVISING, S.PR_OPEN),
+    (S.REVISING, S.MERGED),
+    (S.REVISING, S.CLOSED),
+    *((live, end) for live in LIVE_STATUSES for end in (S.FAILED, S.ABANDONED, S.CANCELLED)),
 }
 
 

@@ -242,11 +242,13 @@ def start(run: OperationRun) -> None:
     run.pr_number = record.pr_number
     run.pr_url = record.pr_url
     if record.cost_usd >= settings.pr_budget_usd:
-        raise StageFailed(
+        stopped = StageFailed(
             Status.FAILED,
             f"stopped: this pull request has cost ${record.cost_usd:.2f} so far, which reaches "
             f"CODEWORKER_PR_BUDGET_USD (${settings.pr_budget_usd:.2f}); no further revision runs",
         )
+        reply(run, failure_answer(run, str(stopped)))
+        raise stopped
     if run.worktree.seen is None:
         raise StageFailed(Status.FAILED, f"branch {run.branch} is not on the remote any more")
     if record.status is BranchStatus.REVISING and record.revising != job.operation_id:

@@ -142,7 +142,9 @@ def _items(value: str | list[str]) -> str:
 
 def task_prompt(job: Job) -> str:
     """The first user message: the request, with every context field the job carries."""
-    parts = [f"# Task ({job.operation_type.replace('_', ' ')})", job.description.strip()]
+    # An issue's text was written by whoever opened it, not by the person who asked for the work.
+    description = untrusted("issue", job.description.strip()) if job.issue_number else job.description.strip()
+    parts = [f"# Task ({job.operation_type.replace('_', ' ')})", description]
     if job.operation_type == OperationType.ERROR_FIX and job.error_context is not None:
         ctx = job.error_context
         if ctx.error_message:

@@ -1,5 +1,9 @@
 """A test-only executor plugin: applies the change a test writes into the job's description.
 
+A revision (``codeworker.follow_up``) runs the operation's job again, description included, so it
+applies the script in the follow-up's instructions instead: the same script would make the same
+edit again and leave nothing to commit.
+
 The description is JSON: ``{"write": {path: content}, "delete": [path], "gate": fifo,
 "redis_gate": name, "lock": [path], "run": command, "claim_verified": bool}``; ``run`` is a
 command the executor runs in its sandbox after writing. ``claim_verified`` is what a
@@ -56,7 +60,7 @@ class ScriptedExecutor:
     name = "scripted"
 
     def run(self, job: Job, workspace: Workspace) -> Outcome:
-        script = json.loads(job.description)
+        script = json.loads(job.revision.instructions if job.revision else job.description)
         for path in script.get("lock", []):
             workspace.lock(path)
         if gate := script.get("gate"):
