@@ -162,28 +162,31 @@ class ReplayDiverged(RuntimeError):
 
 
 class ReplayServer(MessagesServer):
-    """Serves a trajectory's recorded responses in order.
+    """Serves a trajectory's recorded responses in order; given several trajectories, one after
+    the other (a job's session, then its follow-up's, for a worker that has one base URL).
 
     With ``check``, each request's last tool results must equal the recorded request's; a replay
     that diverges gets a 400 naming the difference (and ``diverged`` says so) rather than answers
     that no longer fit the conversation.
     """
 
-    def __init__(self, trajectory: Path, check: bool = True, api_key: str | None = None) -> None:
+    def __init__(self, *trajectories: Path, check: bool = True, api_key: str | None = None) -> None:
         super().__init__(api_key)
         self.check = check
         self.diverged: str | None = None
         self.served = 0
         self.script: list[tuple[Any, dict[str, Any]]] = []
-        recorded_request: Any = None
-        for entry in read_trajectory(trajectory):
-            if entry["kind"] == "request":
-                recorded_request = entry["body"]
-            elif entry["kind"] == "response":
-                self.script.append((recorded_request, entry))
-        self.job: dict[str, Any] | None = next(
-            (e["job"] for e in read_trajectory(trajectory) if e["kind"] == "job"), None
-        )
+        self.job: dict[str, Any] | None = None
+        """The first trajectory's job (what ``replay_main`` runs)."""
+        for trajectory in trajectories:
+            recorded_request: Any = None
+            for entry in read_trajectory(trajectory):
+                if entry["kind"] == "request":
+                    recorded_request = entry["body"]
+                elif entry["kind"] == "response":
+                    self.script.append((recorded_request, entry))
+                elif entry["kind"] == "job" and self.job is None:
+                    self.job = entry["job"]
 
     @property
     def finished(self) -> bool:

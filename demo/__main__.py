@@ -1,4 +1,4 @@
-"""``make demo``: one real operation end to end, every part real except GitHub's and Anthropic's APIs.
+"""``make demo``: an operation and its follow-up end to end, every part real but GitHub's and Anthropic's APIs.
 
 A private redis-server, a git smart-HTTP server holding the sample project with a real bug
 (``demo/sample_bug``: a discount computed without ``/ 100``), a GitHub stand-in and a
@@ -6,9 +6,15 @@ A private redis-server, a git smart-HTTP server holding the sample project with 
 enqueues ``codeworker.error_fix`` by name; the worker checks out, locks, runs the agent executor,
 verifies, scans, commits, pushes and opens the pull request.
 
-The model: without ANTHROPIC_API_KEY, a recorded Claude session (``demo/sessions/error_fix.jsonl``)
-is replayed through a Messages API server on loopback, and the real SDK talks to it. With
-ANTHROPIC_API_KEY set, the same job goes to Claude itself.
+Then a follow-up: a reviewer with write access reviews the pull request, asking ``@codeworker`` for
+a change, and the GitHub stand-in delivers the signed ``pull_request_review`` webhook to the
+worker's HTTP server. The worker queues ``codeworker.follow_up``, which revises the pull request on
+its branch: one more commit on top of the first, verified over the whole pull request, and a reply
+on the pull request saying what changed. The demo fails unless exactly that commit arrives.
+
+The model: without ANTHROPIC_API_KEY, recorded Claude sessions (``demo/sessions/error_fix.jsonl``,
+then ``demo/sessions/follow_up.jsonl``) are replayed through a Messages API server on loopback,
+and the real SDK talks to it. With ANTHROPIC_API_KEY set, the same jobs go to Claude itself.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -23,18 +30,33 @@ from pathlib import Path
 
 import redis
 from celery import Celery
+from celery.result import AsyncResult
 
 from codeworker.coordination.keys import Keys, repo_id
 from codeworker.coordination.registry import BranchRegistry
 from codeworker.loopback.github_stub import GitHubStub
 from codeworker.loopback.gitserver import GitServer
-from codeworker.loopback.redis_server import RedisServer
+from codeworker.loopback.redis_server import RedisServer, free_port
 from codeworker.loopback.worker import WorkerProcess
 from codeworker.replay import ReplayServer
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "sample_bug"
-SESSION = HERE / "sessions" / "error_fix.jsonl"
+SESSIONS = (HERE / "sessions" / "error_fix.jsonl", HERE / "sessions" / "follow_up.jsonl")
+"""The recorded sessions, served in the order the worker asks: the error fix, then its follow-up."""
+RESULT_TIMEOUT = 600
+REVIEWER = "reviewer"
+REVIEW = (
+    "@codeworker thanks, the discount is right now. with_tax has the same kind of gap: a negative rate "
+    "lowers the price instead of being refused. Please make it raise ValueError like apply_discount "
+    "does for a percent out of range, and add tests for both refusals (a negative percent, a negative "
+    "rate)."
+)
+REVIEW_COMMENT = {
+    "path": "pricing/cart.py",
+    "line": 18,
+    "body": "with_tax(100.0, -0.2) gives 80.0 here; it should raise ValueError.",
+}
 
 
 def sample_files() -> dict[str, str]:
@@ -43,6 +65,11 @@ def sample_files() -> dict[str, str]:
 
 def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m", flush=True)
+
+
+def fail(text: str) -> int:
+    print(f"\033[1;31m==> DEMO FAILED: {text}\033[0m", file=sys.stderr, flush=True)
+    return 1
 
 
 def error_fix_job(url: str) -> dict:
@@ -63,6 +90,7 @@ def error_fix_job(url: str) -> dict:
 
 def main() -> int:
     token = "demo-" + secrets.token_hex(12)
+    webhook_secret = secrets.token_hex(16)
     root = Path(tempfile.mkdtemp(prefix="codeworker-demo-"))
     live = bool(os.environ.get("ANTHROPIC_API_KEY"))
     with ExitStack() as stack:
@@ -76,25 +104,33 @@ def main() -> int:
         github.start()
         stack.callback(github.stop)
         url = git.create_repo("acme", "pricing", sample_files())
+        # Webhook payloads then name the git server's repository, the one the job names.
+        github.add_repo("acme", "pricing", clone_url=url)
+        github.set_permission("acme", "pricing", REVIEWER, "write")
         model_env: dict[str, str] = {}
+        replay: ReplayServer | None = None
         if live:
             say("ANTHROPIC_API_KEY is set: the agent talks to Claude itself")
         else:
-            replay = stack.enter_context(ReplayServer(SESSION))
+            replay = stack.enter_context(ReplayServer(*SESSIONS))
             model_env = {"ANTHROPIC_BASE_URL": replay.url, "ANTHROPIC_API_KEY": "replay-needs-no-key"}
-            say(f"REPLAY: the model's answers come from a recorded Claude session ({SESSION.name}),")
+            names = " then ".join(session.name for session in SESSIONS)
+            say(f"REPLAY: the model's answers come from recorded Claude sessions ({names}),")
             say(
                 f"served by a Messages API server on {replay.url}; the SDK, tools, sandbox and tests are real"
             )
         say(f"redis {redis_server.url}, git {url}, GitHub stand-in {github.url}")
 
+        port = free_port()
         worker = WorkerProcess(
             {
                 "REDIS_URL": redis_server.url,
+                "PORT": str(port),
                 "WORKSPACE_ROOT": str(root / "workspace"),
                 "CODEWORKER_CACHE_ROOT": str(root / "cache"),
                 "CODEWORKER_TRAJECTORY_DIR": str(root / "trajectories"),
                 "CODEWORKER_METRICS_DIR": str(root / "metrics"),
+                "CODEWORKER_WEBHOOK_SECRET": webhook_secret,
                 "GITHUB_TOKEN": token,
                 "GITHUB_API_URL": github.url,
                 "CODEWORKER_ALLOWED_REPOS": git.base_url,
@@ -112,7 +148,9 @@ def main() -> int:
         say("worker ready; sending codeworker.error_fix by name from a plain Celery client:")
         print(json.dumps(job, indent=2))
         sender = Celery(broker=redis_server.url, backend=redis_server.url)
-        result = sender.send_task("codeworker.error_fix", args=[job], queue="code-operation").get(timeout=600)
+        result = sender.send_task("codeworker.error_fix", args=[job], queue="code-operation").get(
+            timeout=RESULT_TIMEOUT
+        )
 
         say("result")
         print(json.dumps(result, indent=2))
@@ -127,16 +165,85 @@ def main() -> int:
             ).get(repo_id(url), result["branch"])
             say("branch registry record")
             print(record.model_dump_json(indent=2) if record else "(none)")
-        if not live:
+        if result["status"] != "pr_open" or not result["pr"]:
+            return fail(f"the error fix ended {result['status']} without a pull request: {result['error']}")
+
+        failed = follow_up(
+            git, github, sender, result, f"http://127.0.0.1:{port}/webhooks/github", webhook_secret
+        )
+        if replay is not None:
             say(
                 f"replay {'complete' if replay.finished and not replay.diverged else 'INCOMPLETE'}: "
                 f"{replay.served} of {len(replay.script)} recorded responses served"
             )
+            if replay.diverged:
+                failed = failed or fail(f"the replay diverged: {replay.diverged}")
         say(
             "the same job against a real repository: put it in job.json and run "
             "`codeworker submit job.json --wait` with ANTHROPIC_API_KEY and GITHUB_TOKEN set"
         )
-        return 0 if result["success"] else 1
+        return failed
+
+
+def follow_up(
+    git: GitServer, github: GitHubStub, sender: Celery, result: dict, webhook: str, webhook_secret: str
+) -> int:
+    """Review the pull request as a person with write access, deliver the review to the worker's
+    webhook as GitHub would, wait for the follow-up it queues and show what it pushed; 1 unless
+    the follow-up put exactly one new commit on top of the first."""
+    number, branch, first = result["pr"]["number"], result["branch"], result["commits"][-1]
+    say(
+        f"follow-up: @{REVIEWER} (write access) reviews pull request #{number}, asking @codeworker for a "
+        "change; GitHub's signed pull_request_review webhook goes to the worker"
+    )
+    review = github.add_review(
+        "acme", "pricing", number, user=REVIEWER, body=REVIEW, comments=[REVIEW_COMMENT]
+    )
+    print(f"review: {REVIEW}")
+    print(f"on {REVIEW_COMMENT['path']} line {REVIEW_COMMENT['line']}: {REVIEW_COMMENT['body']}")
+    payload = github.webhooks.pull_request_review("acme", "pricing", review["id"])
+    status, answer = github.webhooks.deliver(
+        webhook, webhook_secret, "pull_request_review", payload, timeout=30
+    )
+    say(f"POST {webhook} answered {status}")
+    print(json.dumps(answer, indent=2))
+    if status != 200 or not isinstance(answer, dict) or "queued" not in answer:
+        return fail("the review did not queue a follow-up")
+    revised = AsyncResult(answer["queued"], app=sender).get(timeout=RESULT_TIMEOUT)
+    say(f"follow-up result ({answer['task']}, operation {revised['operation_id']})")
+    print(json.dumps(revised, indent=2))
+
+    second = git.ref_sha("acme", "pricing", branch)
+    if not revised["success"] or revised["status"] != "pr_open":
+        return fail(f"the follow-up ended {revised['status']}: {revised['error']}")
+    if second in (None, first) or revised["commits"][-1] != second:
+        return fail(f"the follow-up pushed no new commit: {branch} is at {second}, the first commit {first}")
+    if git.parents("acme", "pricing", branch) != [first]:
+        return fail(f"the follow-up's commit {second} is not one commit on top of the first, {first}")
+    bare = git.repo_path("acme", "pricing")
+    say("the second commit on the branch, and what it changed")
+    print(
+        subprocess.run(
+            ["git", "log", "-1", "--format=commit %H%nparent %P%n%n    %s", second],
+            cwd=bare,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    print(
+        subprocess.run(
+            ["git", "diff", first, second], cwd=bare, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    comments = [c["body"] for c in github.issue_comments("acme", "pricing", number)]
+    for heading, start in (
+        ("the reply on the pull request", "**Revision 1**"),
+        ("the progress comment", "<!-- codeworker:progress -->"),
+    ):
+        say(heading)
+        print(next((body for body in comments if body.startswith(start)), "(none)"))
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from codeworker.executors.base import Workspace
 from codeworker.loopback.github_stub import GitHubStub
 from codeworker.loopback.gitserver import GitServer
+from codeworker.pipeline.errors import LockDeferred
 from codeworker.pipeline.service import Pipeline
 from tests.support.jobs import new_repo
 from tests.support.pipeline_runs import FnExecutor, make_job, run, with_executor
@@ -44,3 +47,35 @@ def test_a_follow_up_pushes_a_second_commit_on_the_same_branch(
     assert (record.status, record.revisions, record.head) == ("pr_open", 1, tip)
     comments = github_stub.issue_comments("acme", name, first["pr"]["number"])
     assert any("Revision 1" in c["body"] and "alice" in c["body"] for c in comments), comments
+
+
+def test_a_branch_moved_during_the_revision_runs_it_again_on_the_new_commit(
+    pipe: Pipeline, git_server: GitServer
+) -> None:
+    name, url = new_repo(git_server)
+    job = make_job(pipe, url, name)
+    first = run(pipe, job, write("app.py", "def greet(name):\n    return 'hi ' + name\n"))
+    branch = first["branch"]
+    pushed_meanwhile: list[str] = []
+
+    def work_while_a_person_pushes(workspace: Workspace) -> None:
+        (workspace.root / "extra.py").write_text("X = 1\n")
+        if not pushed_meanwhile:
+            pushed_meanwhile.append(
+                git_server.commit_on("acme", name, branch, {"NOTES.md": "mine\n"}, "Mine")
+            )
+
+    follow = with_executor(pipe, FnExecutor(work_while_a_person_pushes))
+    request = {"operation_id": job.operation_id, "instructions": "add extra.py", "requested_by": "alice"}
+    with pytest.raises(LockDeferred, match="the branch moved while the revision ran"):
+        follow.follow_up(request, task_id="task-1")
+
+    assert git_server.ref_sha("acme", name, branch) == pushed_meanwhile[0]  # nothing of ours pushed
+    record = pipe.registry.of_operation(job.operation_id)
+    assert record is not None and (record.status, record.revising, record.revisions) == ("pr_open", None, 0)
+
+    again = follow.follow_up(request, task_id="task-1")  # the task's retry: the same revision
+
+    assert again["status"] == "pr_open" and again["operation_id"] == f"{job.operation_id}.r1", again
+    assert git_server.parents("acme", name, branch) == pushed_meanwhile
+    assert git_server.read_file("acme", name, branch, "extra.py") == "X = 1\n"

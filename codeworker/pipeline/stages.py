@@ -209,6 +209,13 @@ def push(run: OperationRun) -> None:
     _check_leases(run, "pushing", pushed)
     try:
         run.worktree.push()
+    except PushRejected as exc:
+        if run.job.revision is not None:
+            # Someone pushed to the branch since the checkout: the revision runs again from their
+            # commit (its lease kept ours off the branch), verified on what it will push.
+            raise LockDeferred(f"the branch moved while the revision ran ({exc})", 0, busy_delay(1)) from None
+        metrics.push_failed(run.job.operation_type)
+        raise
     except GitError:
         metrics.push_failed(run.job.operation_type)
         raise
