@@ -1,4 +1,4 @@
-"""``make demo``: an operation and its follow-up end to end, every part real but GitHub's and Anthropic's APIs.
+"""``make demo``: a job and its follow-up end to end, every part real but GitHub's and Anthropic's APIs.
 
 A private redis-server, a git smart-HTTP server holding the sample project with a real bug
 (``demo/sample_bug``: a discount computed without ``/ 100``), a GitHub stand-in and a
@@ -52,6 +52,8 @@ REVIEW = (
     "does for a percent out of range, and add tests for both refusals (a negative percent, a negative "
     "rate)."
 )
+PROGRESS = "<!-- codeworker:progress -->"
+"""How the comment codeworker edits as a revision runs begins (it is hidden on GitHub)."""
 REVIEW_COMMENT = {
     "path": "pricing/cart.py",
     "line": 18,
@@ -166,23 +168,24 @@ def main() -> int:
             say("branch registry record")
             print(record.model_dump_json(indent=2) if record else "(none)")
         if result["status"] != "pr_open" or not result["pr"]:
-            return fail(f"the error fix ended {result['status']} without a pull request: {result['error']}")
-
-        failed = follow_up(
-            git, github, sender, result, f"http://127.0.0.1:{port}/webhooks/github", webhook_secret
-        )
+            code = fail(f"the error fix ended {result['status']} without a pull request: {result['error']}")
+        else:
+            code = follow_up(
+                git, github, sender, result, f"http://127.0.0.1:{port}/webhooks/github", webhook_secret
+            )
         if replay is not None:
+            complete = replay.finished and not replay.diverged
             say(
-                f"replay {'complete' if replay.finished and not replay.diverged else 'INCOMPLETE'}: "
+                f"replay {'complete' if complete else 'INCOMPLETE'}: "
                 f"{replay.served} of {len(replay.script)} recorded responses served"
             )
             if replay.diverged:
-                failed = failed or fail(f"the replay diverged: {replay.diverged}")
+                code = fail(f"the replay diverged: {replay.diverged}")
         say(
             "the same job against a real repository: put it in job.json and run "
             "`codeworker submit job.json --wait` with ANTHROPIC_API_KEY and GITHUB_TOKEN set"
         )
-        return failed
+        return code
 
 
 def follow_up(
@@ -213,37 +216,33 @@ def follow_up(
     say(f"follow-up result ({answer['task']}, operation {revised['operation_id']})")
     print(json.dumps(revised, indent=2))
 
-    second = git.ref_sha("acme", "pricing", branch)
     if not revised["success"] or revised["status"] != "pr_open":
         return fail(f"the follow-up ended {revised['status']}: {revised['error']}")
-    if second in (None, first) or revised["commits"][-1] != second:
-        return fail(f"the follow-up pushed no new commit: {branch} is at {second}, the first commit {first}")
-    if git.parents("acme", "pricing", branch) != [first]:
-        return fail(f"the follow-up's commit {second} is not one commit on top of the first, {first}")
-    bare = git.repo_path("acme", "pricing")
+    second = git.ref_sha("acme", "pricing", branch)
+    pushed_one = revised["commits"] == [*result["commits"], second]
+    if not pushed_one or git.parents("acme", "pricing", branch) != [first]:
+        return fail(
+            f"the follow-up did not push exactly one new commit on top of the first ({first}): {branch} is "
+            f"at {second}, the follow-up reports commits {revised['commits']}"
+        )
     say("the second commit on the branch, and what it changed")
-    print(
-        subprocess.run(
-            ["git", "log", "-1", "--format=commit %H%nparent %P%n%n    %s", second],
-            cwd=bare,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
-    print(
-        subprocess.run(
-            ["git", "diff", first, second], cwd=bare, capture_output=True, text=True, check=True
-        ).stdout
-    )
+    print(remote_git(git, "log", "-1", "--format=commit %H%nparent %P%n%n    %s%n", second))
+    print(remote_git(git, "diff", first, second))
     comments = [c["body"] for c in github.issue_comments("acme", "pricing", number)]
-    for heading, start in (
-        ("the reply on the pull request", "**Revision 1**"),
-        ("the progress comment", "<!-- codeworker:progress -->"),
-    ):
-        say(heading)
-        print(next((body for body in comments if body.startswith(start)), "(none)"))
+    say("the reply on the pull request")
+    print(next((body for body in comments if body.startswith("**Revision 1**")), "(none)"))
+    # codeworker keeps one progress comment per pull request: should there be more, all are shown.
+    progress = [body for body in comments if body.startswith(PROGRESS)]
+    say("the progress comment" if len(progress) == 1 else f"{len(progress)} progress comments")
+    print("\n\n".join(progress) or "(none)")
     return 0
+
+
+def remote_git(git: GitServer, *args: str) -> str:
+    """The output of a git command in the git server's bare repository."""
+    return subprocess.run(
+        ["git", *args], cwd=git.repo_path("acme", "pricing"), capture_output=True, text=True, check=True
+    ).stdout
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from codeworker.executors.base import Workspace
@@ -79,3 +82,41 @@ def test_a_branch_moved_during_the_revision_runs_it_again_on_the_new_commit(
     assert again["status"] == "pr_open" and again["operation_id"] == f"{job.operation_id}.r1", again
     assert git_server.parents("acme", name, branch) == pushed_meanwhile
     assert git_server.read_file("acme", name, branch, "extra.py") == "X = 1\n"
+
+
+def test_a_killed_revision_puts_the_pull_request_back_to_open(
+    pipe: Pipeline, git_server: GitServer, tmp_path
+) -> None:
+    name, url = new_repo(git_server)
+    job = make_job(pipe, url, name)
+    first = run(pipe, job, write("app.py", "def greet(name):\n    return 'hi ' + name\n"))
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    request = {"operation_id": job.operation_id, "instructions": "add extra.py", "requested_by": "alice"}
+
+    child = os.fork()
+    if child == 0:  # the "pool child": runs the revision until it is killed at the gate
+        try:
+            parked = FnExecutor(lambda ws: (ws.write_file("extra.py", "X = 1\n"), gate.read_text()))
+            with_executor(pipe, parked).follow_up(request, task_id="task-killed")
+        finally:
+            os._exit(0)
+    fd = os.open(gate, os.O_WRONLY)  # the child is parked mid-revision
+    (entry,) = [e for e in pipe.journal.all() if e.operation_id == f"{job.operation_id}.r1"]
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    os.close(fd)
+    record = pipe.registry.of_operation(job.operation_id)
+    assert record is not None and (record.status, record.revising) == ("revising", f"{job.operation_id}.r1")
+
+    pipe.abandon(entry, "worker shut down")
+
+    record = pipe.registry.of_operation(job.operation_id)
+    assert record is not None and (record.status, record.revising) == ("pr_open", None)
+    assert record.error == "worker shut down"
+    assert git_server.ref_sha("acme", name, first["branch"]) == first["commits"][-1]
+    # The task's redelivery is the same revision, and it runs.
+    done = with_executor(pipe, FnExecutor(write("extra.py", "X = 1\n"))).follow_up(
+        request, task_id="task-killed"
+    )
+    assert done["status"] == "pr_open" and done["operation_id"] == f"{job.operation_id}.r1", done
