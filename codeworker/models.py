@@ -297,16 +297,51 @@ def parse_job(
     try:
         return Job.model_validate(data, context=context)
     except ValidationError as exc:
-        raise InvalidJob(_field_errors(exc)) from None
+        raise InvalidJob(field_errors(exc)) from None
 
 
-def _field_errors(exc: ValidationError) -> dict[str, str]:
+def field_errors(exc: ValidationError) -> dict[str, str]:
     fields: dict[str, str] = {}
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"]) or "job"
         message = error["msg"].removeprefix("Value error, ")
         fields[where] = f"{fields[where]}; {message}" if where in fields else message
     return fields
+
+
+TRIGGERS = ("comment", "review", "review_comment", "checks", "cli", "api")
+"""What can ask for a follow-up (the revision's ``trigger``)."""
+
+
+class FollowUpRequest(_Model):
+    """What a sender gives ``codeworker.follow_up`` (:mod:`codeworker.pipeline.revision`): the
+    operation (or its repository and branch), the instructions, and who asked."""
+
+    operation_id: str | None = None
+    repository: Repository | None = None
+    branch: str | None = Field(None, max_length=300)
+    instructions: str = Field(min_length=1, max_length=MAX_TEXT)
+    requested_by: str = Field("unknown", min_length=1, max_length=200)
+    trigger: str = "api"
+
+    @model_validator(mode="after")
+    def _names_an_operation(self) -> FollowUpRequest:
+        if self.operation_id is None and (self.repository is None or self.branch is None):
+            raise ValueError("name the operation: operation_id, or repository and branch")
+        if self.operation_id is not None and not OPERATION_ID.match(self.operation_id):
+            raise ValueError(f"operation_id {OPERATION_ID_RULE}")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
+        return self
+
+    @classmethod
+    def parse(cls, raw: Any, allowed_repos: list[str]) -> FollowUpRequest:
+        if not isinstance(raw, dict):
+            raise InvalidJob({"follow_up": f"must be a JSON object, got {type(raw).__name__}"})
+        try:
+            return cls.model_validate(raw, context={"allowed_repos": allowed_repos})
+        except ValidationError as exc:
+            raise InvalidJob(field_errors(exc)) from None
 
 
 TestOutcome = Literal["passed", "failed", "error", "skipped"]

@@ -71,8 +71,7 @@ def is_bot(user: dict[str, Any], own_login: str) -> bool:
     return (
         user.get("type") == "Bot"
         or login.endswith("[bot]")
-        or (bool(own_login)
-        and login.lower() == own_login.lower())
+        or (bool(own_login) and login.lower() == own_login.lower())
     )
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from codeworker import logs
 from codeworker.coordination.keys import repo_id
@@ -34,13 +34,10 @@ from codeworker.coordination.registry import (
     BranchRecord,
     BranchRegistry,
     BranchStatus,
-    InvalidTransition,
     UnknownBranch,
 )
 from codeworker.github import ConversationEntry, GitHubError, PullRequests
-from codeworker.models import MAX_TEXT, InvalidJob, Job, Repository, Revision, Status, _field_errors, _Model
-from codeworker.names import OPERATION_ID, OPERATION_ID_RULE
-from codeworker.pipeline.errors import LockDeferred, StageFailed, busy_delay
+from codeworker.models import FollowUpRequest, InvalidJob, Job, Revision, field_errors
 from codeworker.pipeline.report import evidence_table
 
 if TYPE_CHECKING:
@@ -51,42 +48,8 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "codeworker.follow_up"
 
-TRIGGERS = ("comment", "review", "review_comment", "checks", "cli", "api")
-"""What can ask for a follow-up (the revision's ``trigger``)."""
-
 CONVERSATION_LIMIT = 20_000
 """Characters of the PR's conversation the model sees; the oldest are cut first."""
-
-
-class FollowUpRequest(_Model):
-    """What a sender gives ``codeworker.follow_up``: the operation (or its repository and branch),
-    the instructions, and who asked."""
-
-    operation_id: str | None = None
-    repository: Repository | None = None
-    branch: str | None = Field(None, max_length=300)
-    instructions: str = Field(min_length=1, max_length=MAX_TEXT)
-    requested_by: str = Field("unknown", min_length=1, max_length=200)
-    trigger: str = "api"
-
-    @model_validator(mode="after")
-    def _names_an_operation(self) -> FollowUpRequest:
-        if self.operation_id is None and (self.repository is None or self.branch is None):
-            raise ValueError("name the operation: operation_id, or repository and branch")
-        if self.operation_id is not None and not OPERATION_ID.match(self.operation_id):
-            raise ValueError(f"operation_id {OPERATION_ID_RULE}")
-        if self.trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
-        return self
-
-    @classmethod
-    def parse(cls, raw: Any, allowed_repos: list[str]) -> FollowUpRequest:
-        if not isinstance(raw, dict):
-            raise InvalidJob({"follow_up": f"must be a JSON object, got {type(raw).__name__}"})
-        try:
-            return cls.model_validate(raw, context={"allowed_repos": allowed_repos})
-        except ValidationError as exc:
-            raise InvalidJob(_field_errors(exc)) from None
 
 
 def revision_id(operation_id: str, number: int) -> str:
@@ -125,7 +88,7 @@ def revision_job(pipeline: Pipeline, request: FollowUpRequest, record: BranchRec
     try:
         job = Job.model_validate(json.loads(record.job or "{}"), context=context)
     except ValidationError as exc:
-        raise InvalidJob(_field_errors(exc)) from None
+        raise InvalidJob(field_errors(exc)) from None
     revision = Revision(
         number=number,
         of_operation=record.operation_id,
@@ -176,7 +139,7 @@ PROGRESS_MARKER = "<!-- codeworker:progress -->"
 
 STAGE_WORDS = {
     "checkout": "checking out the branch",
-    "start": "starting",
+    "start_revision": "starting",
     "lock": "locking the files",
     "setup": "setting up",
     "baseline": "running the tests on the base",
@@ -227,67 +190,6 @@ def progress(run: OperationRun, text: str) -> None:
 
 
 # -- the stages of a revision -----------------------------------------------------------------------
-
-
-def start(run: OperationRun) -> None:
-    """Check the PR's cumulative budget, then move the record ``pr_open -> revising`` (this
-    revision's own ``revising`` again, after a crash); another revision running waits like a lock.
-    The undo puts it back to ``pr_open`` whatever ends the run."""
-    job, settings = run.job, run.p.settings
-    revision = job.revision
-    assert revision is not None
-    record = run.p.registry.get(run.repo, run.branch)
-    if record is None:
-        raise StageFailed(Status.FAILED, f"branch {run.branch} is no longer registered")
-    run.pr_number = record.pr_number
-    run.pr_url = record.pr_url
-    if record.cost_usd >= settings.pr_budget_usd:
-        stopped = StageFailed(
-            Status.FAILED,
-            f"stopped: this pull request has cost ${record.cost_usd:.2f} so far, which reaches "
-            f"CODEWORKER_PR_BUDGET_USD (${settings.pr_budget_usd:.2f}); no further revision runs",
-        )
-        reply(run, failure_answer(run, str(stopped)))
-        raise stopped
-    if run.worktree.seen is None:
-        raise StageFailed(Status.FAILED, f"branch {run.branch} is not on the remote any more")
-    if record.status is BranchStatus.REVISING and record.revising != job.operation_id:
-        waited = run.lock_waits * 1.0
-        raise LockDeferred(
-            f"pull request #{record.pr_number} is being revised by {record.revising}",
-            waited,
-            busy_delay(run.lock_waits + 1),
-        )
-    if record.status is not BranchStatus.REVISING:
-        try:
-            run.p.registry.transition(
-                run.repo, run.branch, BranchStatus.REVISING, attempt=run.attempt, revising=job.operation_id
-            )
-        except (InvalidTransition, UnknownBranch) as exc:
-            raise StageFailed(Status.FAILED, f"the pull request cannot be revised: {exc}") from None
-    run.undo.push(run.settle_revision)
-    run.record = record
-    repository = job.repository
-    run.note = ProgressComment(run.p.pulls, run.p.registry, record, repository.owner, repository.name)
-    progress(run, STAGE_WORDS["start"])
-    try:
-        entries = run.p.pulls.conversation(repository.owner, repository.name, record.pr_number or 0)
-    except GitHubError as exc:
-        log.warning("the pull request's conversation could not be read: %s", exc)
-        entries = []
-    said = [entry for entry in entries if not entry.body.startswith(PROGRESS_MARKER)]
-    run.job = job.model_copy(
-        update={"revision": revision.model_copy(update={"conversation": render_conversation(said)})}
-    )
-
-
-def take_branch(run: OperationRun) -> None:
-    """After the baseline (on the base): the branch's files in the checkout, to edit and commit on;
-    from here each verification is an iteration, which the progress comment counts."""
-    run.worktree.take_branch()
-    run.checkout.on_verify = lambda count: progress(
-        run, f"iteration {count}/{run.max_iterations}" if count <= run.max_iterations else "verifying"
-    )
 
 
 def answer(run: OperationRun) -> str:

@@ -35,7 +35,7 @@ from codeworker.executors.registry import UnknownExecutor, load_executor
 from codeworker.git.mirrors import Mirrors
 from codeworker.git.retries import GitRetries
 from codeworker.github import PullRequests
-from codeworker.models import Cancellation, InvalidJob, Job, Result, Status, parse_job
+from codeworker.models import Cancellation, FollowUpRequest, InvalidJob, Job, Result, Status, parse_job
 from codeworker.names import is_operation_id
 from codeworker.pipeline.checkpoint import Pushed
 from codeworker.pipeline.errors import (
@@ -46,7 +46,7 @@ from codeworker.pipeline.errors import (
     busy_delay,
     deferral_delay,
 )
-from codeworker.pipeline.revision import FollowUpRequest, revised_record, revision_job
+from codeworker.pipeline.revision import revised_record, revision_job
 from codeworker.pipeline.run import OperationRun, ProgressSink, quietly
 from codeworker.secrets.scanner import SecretScanner
 from codeworker.worker.journal import ActiveJob, ActiveJobs

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from codeworker.coordination.attempts import ClaimLost
 from codeworker.coordination.locks import LockHeld
-from codeworker.coordination.registry import BranchRecord, BranchStatus
+from codeworker.coordination.registry import BranchRecord, BranchStatus, InvalidTransition, UnknownBranch
 from codeworker.executors.base import RetryLater
 from codeworker.git.errors import GitError, MergeConflict, PushRejected, RepositoryTooLarge, UnsafeSymlink
 from codeworker.github import CheckRunReport, GitHubError
@@ -107,21 +107,29 @@ def take_locks(run: OperationRun, paths: list[str]) -> int:
         fence = run.locks.acquire(paths, wait=settings.lock_wait)
     except LockHeld as held:
         waited = time.monotonic() - started
-        since = run.lock_wait_since or time.time() - waited
-        total = time.time() - since
-        if total >= settings.lock_wait_total:
-            metrics.lock_wait(run.job.operation_type, waited, "conflict")
-            raise StageFailed(
-                Status.FAILED,
-                f"{held}; gave up after waiting {total:.0f}s in all (CODEWORKER_LOCK_WAIT_TOTAL)",
-            ) from None
-        metrics.lock_wait(run.job.operation_type, waited, "deferred")
-        delay = min(busy_delay(run.lock_waits + 1), settings.lock_wait_total - total)
-        raise LockDeferred(str(held), total, delay) from None
+        later = wait_again(run, str(held), waited)
+        outcome = "deferred" if isinstance(later, LockDeferred) else "conflict"
+        metrics.lock_wait(run.job.operation_type, waited, outcome)
+        raise later from None
     metrics.lock_wait(run.job.operation_type, time.monotonic() - started, "acquired")
     if run.lock_wait_since is not None:
         run.p.claims.locks_taken(run.job.operation_id)
     return fence
+
+
+def wait_again(run: OperationRun, held: str, waited: float) -> LockDeferred | StageFailed:
+    """What a job raises when another operation holds what it needs (``held`` says what), after
+    waiting ``waited`` seconds in this attempt: :class:`LockDeferred` (the job gives its slot back
+    and comes again after a growing countdown) until the operation has waited ``lock_wait_total``
+    in all, then a failure naming the holder."""
+    settings = run.p.settings
+    since = run.lock_wait_since or time.time() - waited
+    total = time.time() - since
+    if total >= settings.lock_wait_total:
+        return StageFailed(
+            Status.FAILED, f"{held}; gave up after waiting {total:.0f}s in all (CODEWORKER_LOCK_WAIT_TOTAL)"
+        )
+    return LockDeferred(held, total, min(busy_delay(run.lock_waits + 1), settings.lock_wait_total - total))
 
 
 def setup(run: OperationRun) -> None:
@@ -258,7 +266,7 @@ def resume(run: OperationRun) -> None:
     run.on_exit(run.locks.release)
     take_locks(run, [*run.job.target_files, *pushed.files])
     if run.job.revision is not None:
-        revision.start(run)  # its record back to revising, if the cleanup after a crash moved it
+        start_revision(run)  # its record back to revising, if the cleanup after a crash moved it
         run.worktree.builds_on = pushed.commits[-2] if len(pushed.commits) > 1 else None
     else:
         record = run.p.registry.get(run.repo, run.branch)
@@ -291,12 +299,68 @@ AFTER_CHECKOUT: tuple[Callable[[OperationRun], None], ...] = (
 attempt's push); then :func:`pull_request` or :func:`merge` delivers it."""
 
 
+def start_revision(run: OperationRun) -> None:
+    """Check the PR's cumulative budget, then move the record ``pr_open -> revising`` (this
+    revision's own ``revising`` again, after a crash); another revision running waits like a lock.
+    The undo puts it back to ``pr_open`` whatever ends the run."""
+    job, settings = run.job, run.p.settings
+    asked = job.revision
+    assert asked is not None
+    record = run.p.registry.get(run.repo, run.branch)
+    if record is None:
+        raise StageFailed(Status.FAILED, f"branch {run.branch} is no longer registered")
+    run.pr_number = record.pr_number
+    run.pr_url = record.pr_url
+    if record.cost_usd >= settings.pr_budget_usd:
+        stopped = StageFailed(
+            Status.FAILED,
+            f"stopped: this pull request has cost ${record.cost_usd:.2f} so far, which reaches "
+            f"CODEWORKER_PR_BUDGET_USD (${settings.pr_budget_usd:.2f}); no further revision runs",
+        )
+        revision.reply(run, revision.failure_answer(run, str(stopped)))
+        raise stopped
+    if run.worktree.seen is None:
+        raise StageFailed(Status.FAILED, f"branch {run.branch} is not on the remote any more")
+    if record.status is BranchStatus.REVISING and record.revising != job.operation_id:
+        raise wait_again(run, f"pull request #{record.pr_number} is being revised by {record.revising}", 0)
+    if record.status is not BranchStatus.REVISING:
+        try:
+            run.p.registry.transition(
+                run.repo, run.branch, BranchStatus.REVISING, attempt=run.attempt, revising=job.operation_id
+            )
+        except (InvalidTransition, UnknownBranch) as exc:
+            raise StageFailed(Status.FAILED, f"the pull request cannot be revised: {exc}") from None
+    run.undo.push(run.settle_revision)
+    run.record = record
+    owner, name = job.repository.owner, job.repository.name
+    run.note = revision.ProgressComment(run.p.pulls, run.p.registry, record, owner, name)
+    revision.progress(run, revision.STAGE_WORDS["start_revision"])
+    try:
+        entries = run.p.pulls.conversation(owner, name, record.pr_number or 0)
+    except GitHubError as exc:
+        log.warning("the pull request's conversation could not be read: %s", exc)
+        entries = []
+    said = [entry for entry in entries if not entry.body.startswith(revision.PROGRESS_MARKER)]
+    run.job = job.model_copy(
+        update={"revision": asked.model_copy(update={"conversation": revision.render_conversation(said)})}
+    )
+
+
+def take_branch(run: OperationRun) -> None:
+    """After the baseline (on the base): the branch's files in the checkout, to edit and commit on;
+    from here each verification is an iteration, which the progress comment counts."""
+    run.worktree.take_branch()
+    run.checkout.on_verify = lambda count: revision.progress(
+        run, f"iteration {count}/{run.max_iterations}" if count <= run.max_iterations else "verifying"
+    )
+
+
 REVISION_STAGES: tuple[Callable[[OperationRun], None], ...] = (
-    revision.start,
+    start_revision,
     lock,
     setup,
     baseline,
-    revision.take_branch,
+    take_branch,
     execute,
     verify,
     scan,
