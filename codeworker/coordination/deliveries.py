@@ -4,6 +4,10 @@ GitHub sends a delivery again with the same id (its own retry after a timeout, o
 "Redeliver"). The first request to arrive claims the id (``SET NX`` at :meth:`Keys.delivery`,
 kept :data:`DELIVERY_TTL`: GitHub offers redelivery of the last three days); one whose handling
 then fails gives the id back, so that a redelivery is handled rather than dropped.
+
+The same record keeps the other things a webhook acts on once (:mod:`codeworker.triggers`): the
+failing checks of one commit (``checks:<repo>:<sha>``, whichever of its events comes first) and
+the one answer to a person without write access (``unauthorized:<repo>#<number>:<login>``).
 """
 
 from __future__ import annotations

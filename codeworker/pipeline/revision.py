@@ -203,7 +203,8 @@ def answer(run: OperationRun) -> str:
         lines += [
             f"Pushed `{run.commits[-1][:12]}` on top of `{(run.worktree.builds_on or '')[:12]}`.",
             "",
-            "Changed in this revision: " + ", ".join(f"`{p}`" for p in run.revision_files),
+            # A resumed revision knows only the pull request's files.
+            "Changed in this revision: " + ", ".join(f"`{p}`" for p in run.revision_files or run.files),
         ]
     if run.outcome is not None:
         lines += ["", "### Summary", run.outcome.summary]

@@ -204,16 +204,14 @@ class OperationRun:
     def _run_stages(self) -> Result:
         self.enter(stages.checkout.__name__)
         stages.checkout(self)
-        if self.job.revision is not None:
-            resume = stages.resumable(self)
-            for stage in (stages.resume,) if resume else stages.REVISION_STAGES:
-                self.enter(stage.__name__)
-                stage(self)
-            self.enter(stages.revised.__name__)
-            return stages.revised(self)
-        for stage in (stages.resume,) if stages.resumable(self) else stages.AFTER_CHECKOUT:
+        revising = self.job.revision is not None
+        after = stages.REVISION_STAGES if revising else stages.AFTER_CHECKOUT
+        for stage in (stages.resume,) if stages.resumable(self) else after:
             self.enter(stage.__name__)
             stage(self)
+        if revising:  # a revision answers on its pull request, which stays open
+            self.enter(stages.revised.__name__)
+            return stages.revised(self)
         # Only a verified change is merged without review; an unverified one waits as a draft.
         merge = not self.job.approval_required and self.verification.verified
         deliver = stages.merge if merge else stages.pull_request
