@@ -38,6 +38,7 @@ from codeworker.coordination.registry import BranchRecord, BranchRegistry, Branc
 from codeworker.github import FAILING_CONCLUSIONS, GitHubError, PullRequests
 from codeworker.models import OperationType
 from codeworker.pipeline.revision import PROGRESS_MARKER, TASK_NAME, ProgressComment
+from codeworker.worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ class Triggers:
             "session_id": f"issue {owner}/{name}#{number}",
         }
         self.send(kind.task_name, job, operation_id)
+        metrics.github_trigger("issue")
         self._comment(
             owner,
             name,
@@ -312,6 +314,7 @@ class Triggers:
             "trigger": trigger,
         }
         self.send(TASK_NAME, request, task_id)
+        metrics.github_trigger(trigger)
         owner, name = _owner_and_name(payload)
         ProgressComment(self.pulls, self.registry, record, owner, name).show(
             f"queued, asked by @{request['requested_by']} ({trigger})"

@@ -182,7 +182,7 @@ def test_an_idle_worker_exports_every_known_series_at_zero(tmp_path):
         totals = metrics.totals()
 
     types = [kind.value for kind in OperationType]
-    for operation_type in types:
+    for operation_type in [*types, "follow_up"]:
         of_type = (("operation_type", operation_type),)
         for status in [*Status, signals.REQUEUED, "retry"]:
             key = ("codeworker_jobs_finished_total", (*of_type, ("status", status)))
@@ -191,16 +191,24 @@ def test_an_idle_worker_exports_every_known_series_at_zero(tmp_path):
             "codeworker_jobs_started_total",
             "codeworker_jobs_active",
             "codeworker_jobs_redelivered_total",
+            "codeworker_job_duration_seconds_count",
+        ):
+            assert values[(name, of_type)] == 0, (name, operation_type)
+    for trigger in ("comment", "review", "checks", "issue"):
+        assert values[("codeworker_github_triggers_total", (("trigger", trigger),))] == 0
+    for operation_type in types:
+        of_type = (("operation_type", operation_type),)
+        for name in (
             "codeworker_lock_conflicts_total",
             "codeworker_push_failures_total",
             "codeworker_pull_request_failures_total",
-            "codeworker_job_duration_seconds_count",
             "codeworker_agent_iterations_count",
         ):
             assert values[(name, of_type)] == 0, (name, operation_type)
         for verified in ("true", "false"):
             assert values[("codeworker_verifications_total", (*of_type, ("verified", verified)))] == 0
-    for stage in ("checkout", "lock", "execute", "verify", "push", "resume", "pull_request", "merge"):
+    stages = ("checkout", "lock", "execute", "verify", "push", "resume", "pull_request", "merge", "revised")
+    for stage in stages:
         assert values[("codeworker_stage_duration_seconds_count", (("stage", stage),))] == 0, stage
     for outcome in ("acquired", "deferred", "conflict"):
         assert values[("codeworker_lock_wait_seconds_count", (("outcome", outcome),))] == 0

@@ -42,7 +42,16 @@ log = logging.getLogger(__name__)
 PROBE_TASK = "codeworker.health_probe"
 PROBE_HEADER = "codeworker_probe"
 
-STAGES = (stages.checkout, *stages.AFTER_CHECKOUT, stages.resume, stages.pull_request, stages.merge)
+STAGES = (
+    stages.checkout,
+    *stages.AFTER_CHECKOUT,
+    stages.resume,
+    stages.pull_request,
+    stages.merge,
+    stages.start_revision,
+    stages.take_branch,
+    stages.revised,
+)
 """Every stage an operation run enters (``OperationRun._run_stages``): their series start at zero."""
 
 

@@ -70,6 +70,13 @@ LOCK_OUTCOMES = ("acquired", "deferred", "conflict")
 VERDICTS = ("true", "false")
 """Every ``verified`` of ``codeworker_verifications_total``."""
 
+FOLLOW_UP = "follow_up"
+"""The ``operation_type`` of the job metrics for ``codeworker.follow_up`` tasks, whose operation's
+type is known only once the job is read; the pipeline's own metrics use the operation's type."""
+
+GITHUB_TRIGGERS = ("comment", "review", "checks", "issue")
+"""Every ``trigger`` of ``codeworker_github_triggers_total``."""
+
 JOBS_STARTED = Counter("codeworker_jobs_started", "Jobs a pool process started running.", ["operation_type"])
 JOBS_FINISHED = Counter(
     "codeworker_jobs_finished",
@@ -92,6 +99,11 @@ JOBS_REDELIVERED = Counter(
     "codeworker_jobs_redelivered",
     "Jobs Redis delivered again after a worker died or shut down holding them.",
     ["operation_type"],
+)
+GITHUB_TRIGGERS_QUEUED = Counter(
+    "codeworker_github_triggers",
+    "Jobs that GitHub events queued: follow-ups (comment, review, checks) and operations (issue).",
+    ["trigger"],
 )
 STAGE_DURATION = Histogram(
     "codeworker_stage_duration_seconds",
@@ -304,18 +316,17 @@ def export_zeros(model: str, stages: Iterable[str]) -> None:
     ``codeworker_external_errors_total`` (git's falls back to the exception's class name).
     """
     types = [kind.value for kind in OperationType]
+    for metric in (JOBS_STARTED, JOB_DURATION, JOBS_ACTIVE, JOBS_REDELIVERED):
+        _at_zero(metric, [*types, FOLLOW_UP])
+    _at_zero(JOBS_FINISHED, [*types, FOLLOW_UP], JOB_STATUSES)
+    _at_zero(GITHUB_TRIGGERS_QUEUED, GITHUB_TRIGGERS)
     for metric in (
-        JOBS_STARTED,
-        JOB_DURATION,
-        JOBS_ACTIVE,
-        JOBS_REDELIVERED,
         LOCK_CONFLICTS,
         AGENT_ITERATIONS,
         PUSH_FAILURES,
         PULL_REQUEST_FAILURES,
     ):
         _at_zero(metric, types)
-    _at_zero(JOBS_FINISHED, types, JOB_STATUSES)
     _at_zero(VERIFICATIONS, types, VERDICTS)
     _at_zero(STAGE_DURATION, stages)
     _at_zero(LOCK_WAIT, LOCK_OUTCOMES)
@@ -346,6 +357,10 @@ def job_finished(operation_type: str, status: str, seconds: float) -> None:
     JOBS_FINISHED.labels(operation_type, status).inc()
     JOBS_ACTIVE.labels(operation_type).dec()
     JOB_DURATION.labels(operation_type).observe(seconds)
+
+
+def github_trigger(trigger: str) -> None:
+    GITHUB_TRIGGERS_QUEUED.labels(trigger).inc()
 
 
 def stage_duration(stage: str, seconds: float) -> None:

@@ -19,6 +19,7 @@ from celery import signals
 from codeworker import logs
 from codeworker.config import get_settings
 from codeworker.models import OperationType, Status
+from codeworker.pipeline.revision import TASK_NAME as FOLLOW_UP_TASK
 from codeworker.pipeline.service import WORKER_PID_ENV
 from codeworker.sandbox.bubblewrap import SandboxUnavailable, check_sandbox
 from codeworker.worker import metrics, orphans
@@ -83,8 +84,14 @@ _job_started: dict[str, float] = {}
 """Task id -> monotonic start, in the pool child running it."""
 
 
+def _job_type(task: Any) -> str | None:
+    """The ``operation_type`` a task's job metrics are counted under; None for any other task."""
+    name = getattr(task, "name", "")
+    return metrics.FOLLOW_UP if name == FOLLOW_UP_TASK else OperationType.of_task(name)
+
+
 def _count_job_started(task_id: str, task: Any, **_: Any) -> None:
-    operation_type = OperationType.of_task(getattr(task, "name", ""))
+    operation_type = _job_type(task)
     if operation_type is None:
         return
     _job_started[task_id] = time.monotonic()
@@ -96,7 +103,7 @@ def _count_job_started(task_id: str, task: Any, **_: Any) -> None:
 def _count_job_finished(
     task_id: str, task: Any, retval: Any = None, state: str | None = None, **_: Any
 ) -> None:
-    operation_type = OperationType.of_task(getattr(task, "name", ""))
+    operation_type = _job_type(task)
     started = _job_started.pop(task_id, None)
     if operation_type is None or started is None:
         return
