@@ -313,12 +313,13 @@ class Triggers:
             "requested_by": who or _login(payload),
             "trigger": trigger,
         }
-        self.send(TASK_NAME, request, task_id)
-        metrics.github_trigger(trigger)
         owner, name = _owner_and_name(payload)
+        # Before the job is sent, so the revision finds the comment on the record and edits it.
         ProgressComment(self.pulls, self.registry, record, owner, name).show(
             f"queued, asked by @{request['requested_by']} ({trigger})"
         )
+        self.send(TASK_NAME, request, task_id)
+        metrics.github_trigger(trigger)
         log.info("follow-up of %s queued (%s)", record.operation_id, trigger)
         return Answer({"queued": task_id, "task": TASK_NAME, "operation_id": record.operation_id}, 200)
 

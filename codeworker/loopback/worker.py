@@ -46,6 +46,8 @@ class WorkerProcess:
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
+        """Set when the worker said it is ready, or its output ended (it died starting)."""
+        self._came_up = False
         self._changed = threading.Condition()
 
     def start(self, timeout: float = 60) -> WorkerProcess:
@@ -70,7 +72,9 @@ class WorkerProcess:
             start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(timeout) or self.process.poll() is not None:
+        # Not the exit status: a worker that died starting can have closed its output a moment
+        # before the operating system reports it gone.
+        if not self._ready.wait(timeout) or not self._came_up or self.process.poll() is not None:
             self.stop()
             raise RuntimeError("worker did not become ready:\n" + "\n".join(self.lines[-40:]))
         return self
@@ -85,6 +89,7 @@ class WorkerProcess:
                 print(f"{self.echo}{line}", end="", flush=True)
             # Celery prints "<name>@<host> ready." once the consumer is up.
             if " ready." in line:
+                self._came_up = True
                 self._ready.set()
         self._ready.set()
 
