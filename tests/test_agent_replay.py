@@ -29,6 +29,7 @@ from tests.support.agent_session import (
     make_session,
     sample_files,
 )
+from tests.support.pipeline_runs import with_executor
 
 # The shared fixtures, bound to this module's names: pytest finds them here for these tests only.
 stub = agent_session.stub
@@ -85,6 +86,7 @@ def test_a_replay_that_diverges_is_told_so(session, tmp_path):
 
 
 DEMO_SESSION = SAMPLE.parent / "sessions" / "error_fix.jsonl"
+DEMO_FOLLOW_UP = SAMPLE.parent / "sessions" / "follow_up.jsonl"
 
 DEMO_JOB = {
     "operation_type": "error_fix",
@@ -170,6 +172,20 @@ def test_the_demo_session_replays_through_the_real_sdk(session, monkeypatch):
     assert FIX in session.file(result, CART)
     text = DEMO_SESSION.read_text()
     assert GITHUB_TOKEN not in text and ANTHROPIC_KEY not in text
+
+
+def test_the_demo_follow_up_session_replays_after_the_error_fix(session, monkeypatch):
+    """``make demo``'s follow-up: the recorded revision still fits the pipeline as it is."""
+    with ReplayServer(DEMO_SESSION, DEMO_FOLLOW_UP) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        job, first = _run_demo_job(session)
+        request = {"operation_id": job.operation_id, "instructions": "refuse a negative tax rate too"}
+        revised = with_executor(session.pipe, session.executor()).follow_up(request)
+    assert server.diverged is None and server.finished
+    assert revised["status"] == "pr_open" and revised["success"] is True, revised["error"]
+    assert revised["commits"][:-1] == first["commits"] and revised["verification"]["regressions"] == []
+    assert "rate cannot be negative" in (session.file(revised, CART) or "")
+    assert GITHUB_TOKEN not in DEMO_FOLLOW_UP.read_text() and ANTHROPIC_KEY not in DEMO_FOLLOW_UP.read_text()
 
 
 def test_replay_main_runs_a_recorded_job_through_the_pipeline(
