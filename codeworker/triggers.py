@@ -121,13 +121,15 @@ class Triggers:
             return refused
         owner, name = _owner_and_name(payload)
         number = int(issue["number"])
+        on_pull = issue.get("pull_request") is not None
+        # Someone else's pull request is none of codeworker's business: no question asked of GitHub.
+        record = self.registry.of_pull_request(_repo(payload), number) if on_pull else None
+        if on_pull and record is None:
+            return ignored(f"#{number} is not a codeworker pull request")
         if not self._may_trigger(payload, owner, name, number):
             return ignored(f"{_login(payload)} has no write access")
-        if issue.get("pull_request") is None:
-            return self._new_operation(payload, issue, self.settings.issue_operation_type, delivery)
-        record = self.registry.of_pull_request(_repo(payload), number)
         if record is None:
-            return ignored(f"#{number} is not a codeworker pull request")
+            return self._new_operation(payload, issue, self.settings.issue_operation_type, delivery)
         return self._follow_up(payload, record, body, "comment", f"comment-{comment.get('id')}")
 
     def _review(self, payload: dict[str, Any], item: dict[str, Any]) -> Answer:
