@@ -233,6 +233,12 @@ def registry() -> CollectorRegistry:
 
         return REGISTRY
     _sweep_dead_processes(path)
+    return registry_of(path)
+
+
+def registry_of(path: Path) -> CollectorRegistry:
+    """A registry that reads the multiprocess files in ``path`` (a stopped worker's too), minus
+    files never sized (a process killed while creating its file leaves one empty for good)."""
     collector_registry = CollectorRegistry()
     _StartedFiles(collector_registry, path=str(path))
     return collector_registry

@@ -14,10 +14,10 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 from celery.states import READY_STATES
-from prometheus_client import CollectorRegistry, multiprocess
 
 from codeworker.loopback.waiting import wait_until
 from codeworker.loopback.worker import get
+from codeworker.worker import metrics
 from tests.support.jobs import QUEUE, scripted_job
 from tests.support.stalls import Fleet
 from tests.support.worker import WorkerProcess
@@ -190,9 +190,7 @@ def finished_counts(metrics_dir: Path) -> Counter[str]:
     counts in a memory-mapped file of its own, so what a worker counted outlives it, SIGKILL or not."""
     counts: Counter[str] = Counter()
     for directory in sorted(metrics_dir.iterdir()) if metrics_dir.is_dir() else []:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(directory))
-        for family in registry.collect():
+        for family in metrics.registry_of(directory).collect():
             for sample in family.samples:
                 if sample.name == "codeworker_jobs_finished_total":
                     counts[sample.labels["status"]] += int(sample.value)
