@@ -5,7 +5,7 @@ SCANNER_VENV := .venv-scanner
 TRUFFLEHOG_VERSION := 3.0.10
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench soak lint format tools scanner clean system-tools deploy-tools
+.PHONY: demo test bench soak lint format tools scanner clean system-tools deploy-tools npm-fixtures
 
 demo: tools
 	$(BIN)/python -m demo
@@ -40,7 +40,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-tools: $(BIN)/.installed scanner system-tools deploy-tools
+tools: $(BIN)/.installed scanner system-tools deploy-tools npm-fixtures
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,28 @@ $(PROMTOOL):
 	{ apt-get download prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
 	dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb && echo "extracted promtool to $(PROMTOOL)" \
 	|| echo "could not get promtool (apt-get download prometheus): tests/test_deploy_monitoring.py skips the Prometheus checks"
+
+# The TypeScript project that tests/test_node_vitest.py runs (tests/fixtures/vitest_project) installs
+# Vitest with `npm ci --offline` from this npm cache, filled once here from its lock file (with the
+# network, like the scanner's pip install); the tests then need none. Node.js and npm come from
+# Debian when missing and we are root. The stamp holds the lock file's hash: a test finding another
+# one says the cache is stale.
+NPM_CACHE := .work/npm-cache
+VITEST_PROJECT := tests/fixtures/vitest_project
+
+npm-fixtures: $(NPM_CACHE)/.complete
+
+$(NPM_CACHE)/.complete: $(VITEST_PROJECT)/package-lock.json
+	@command -v npm >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing nodejs npm"; apt-get install -y -qq nodejs npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }; \
+	else echo "missing: npm (install Node.js 20.15 or later, with npm)"; exit 1; fi
+	rm -rf $(NPM_CACHE) .work/npm-build && mkdir -p .work/npm-build
+	cp $(VITEST_PROJECT)/package.json $(VITEST_PROJECT)/package-lock.json .work/npm-build/
+	cd .work/npm-build && npm ci --cache $(abspath $(NPM_CACHE)) --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -rf .work/npm-build $(NPM_CACHE)/_logs
+	sha256sum $(VITEST_PROJECT)/package-lock.json | cut -d' ' -f1 > $@
+	@echo "npm cache for $(VITEST_PROJECT): $$(find $(NPM_CACHE)/_cacache/content-v2 -type f | wc -l) tarballs, $$(du -sh $(NPM_CACHE) | cut -f1)"
 
 clean:
 	rm -rf $(VENV) $(SCANNER_VENV) *.egg-info .work

@@ -345,11 +345,12 @@ class FollowUpRequest(_Model):
 
 
 TestOutcome = Literal["passed", "failed", "error", "skipped"]
-"""One test's outcome as pytest's junit XML reports it (xfail counts as skipped)."""
+"""One test's outcome as a JUnit XML report gives it (pytest's xfail counts as skipped)."""
 
 
 class TestRun(BaseModel):
-    """One run of the repository's test command, with per-test outcomes when it ran pytest."""
+    """One run of the repository's test command, with per-test outcomes when its profile could read
+    them (:mod:`codeworker.profiles`)."""
 
     __test__ = False
 
@@ -359,7 +360,8 @@ class TestRun(BaseModel):
     timed_out: bool = False
     output_tail: str = ""
     tests: dict[str, TestOutcome] = {}
-    """Outcome per pytest node id (``tests/test_x.py::TestY::test_z``); empty for other commands."""
+    """Outcome per test id: pytest's node id (``tests/test_x.py::TestY::test_z``),
+    ``test/calc.test.js::suite > test`` for JavaScript; empty when the run reported none."""
     failures: dict[str, str] = {}
     """The (trimmed) failure or error text of tests that did not pass, for the agent's feedback."""
     coverage: float | None = None
@@ -375,7 +377,7 @@ class TestRun(BaseModel):
 class Verification(BaseModel):
     """The worker's verdict on a change (:mod:`codeworker.verification`): its test runs before the
     executor changed anything and after it finished, and the evidence the operation type's rule
-    looked at. Test ids are pytest node ids."""
+    looked at. Test ids are those of :attr:`TestRun.tests`."""
 
     verified: bool = False
     reasons: list[str] = []

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from codeworker.models import Job, Usage, Verification
+from codeworker.profiles.base import Profile
 from codeworker.sandbox.commands import CommandResult
 
 
@@ -46,16 +47,25 @@ class Workspace(Protocol):
     def test_command(self) -> str | None:
         """The job's test command, else the repository's, else a detected one."""
 
+    @property
+    def profile(self) -> Profile:
+        """The repository's language profile: its runner, how it reports per test, its tests."""
+
     def verify(self) -> Verification:
         """Run the tests and judge the change so far by the job's rule against the baseline the
         worker took before the executor started: feedback for an executor's own loop. The verdict
         in the result is the worker's own run after the executor returned."""
 
     def run_on_base(
-        self, command: str, revert: Callable[[str], bool], env: Mapping[str, str] | None = None
+        self,
+        command: str,
+        revert: Callable[[str], bool],
+        env: Mapping[str, str] | None = None,
+        inspect: Callable[[Path], None] | None = None,
     ) -> CommandResult:
         """Run ``command`` in a scratch copy of the checkout in which every changed path for which
-        ``revert(path)`` holds is as the base commit has it (gone, if the change added it)."""
+        ``revert(path)`` holds is as the base commit has it (gone, if the change added it);
+        ``inspect`` sees the copy after the command, before it is removed."""
 
     def stop_if_cancelled(self) -> None:
         """Raise OperationCancelled once the operation was cancelled: an executor's loop asks between

@@ -60,6 +60,9 @@ def write_config(root: Path, text: str | bytes) -> Path:
     return path
 
 
+OUTSIDE = "must be relative to the checkout and stay inside it"
+
+
 def billion_laughs(reference: str) -> str:
     """Nine levels of nine aliases each: 9**9 strings once expanded; ``reference`` uses the top."""
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
@@ -77,7 +80,7 @@ def test_policy_keys_are_ignored_and_named_in_a_warning(tmp_path, caplog) -> Non
         config = load_repo_config(tmp_path)
 
     assert config == RepoConfig(test_command="python -m pytest -q")
-    assert set(RepoConfig.model_fields) == {"test_command", "setup_command"}
+    assert set(RepoConfig.model_fields) == {"test_command", "setup_command", "junit"}
     (warning,) = caplog.records
     for key in ("'scan'", "'sandbox'", "'allow_unsandboxed'", "'budget_usd'", "'env'", "'network'"):
         assert key in warning.getMessage()
@@ -160,6 +163,11 @@ def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path, text, kind) -> N
         ),
         ("test_command: '   '\n", "test_command: Value error, must be a non-empty command without NUL bytes"),
         (f"test_command: {'x' * 3000}\n", "test_command: String should have at most 2000 characters"),
+        ("junit: [a.xml]\n", "junit: Input should be a valid string"),
+        ("junit: /tmp/junit.xml\n", f"junit: Value error, {OUTSIDE}"),
+        ("junit: ../out/*.xml\n", f"junit: Value error, {OUTSIDE}"),
+        ("junit: '.'\n", f"junit: Value error, {OUTSIDE}"),
+        ("junit: '  '\n", "junit: Value error, must be a non-empty path or glob"),
     ],
 )
 def test_wrong_types_are_a_clear_error(tmp_path, text, words) -> None:

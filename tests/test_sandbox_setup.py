@@ -131,3 +131,47 @@ def test_failed_setup_raises_and_publishes_nothing(env: Checkouts) -> None:
 
 def test_nothing_to_set_up(checkout: Checkout) -> None:
     assert checkout.setup() is None
+
+
+# -- JavaScript: node_modules in the cache, shown in the checkout -------------------------------
+
+INSTALL = (
+    "mkdir -p node_modules/greet && echo \"exports.hi = () => 'hi';\" > node_modules/greet/index.js"
+    " && echo installed"
+)
+"""What ``npm ci`` does to a checkout, without a registry: packages written under ./node_modules."""
+
+JS_FILES = {
+    "package.json": '{"name": "app", "scripts": {"test": "node --test"}}',
+    ".codeworker.yml": yaml.safe_dump({"setup_command": INSTALL}),
+    "test/greet.test.js": "const test = require('node:test');\ntest('hi', () => require('greet').hi());\n",
+}
+
+
+def test_node_modules_installed_by_setup_live_in_the_cache_and_show_in_the_checkout(env: Checkouts):
+    url = env.repo(JS_FILES)
+    # Node reserves more address space at start than these tests' 512 MiB: the default limit.
+    settings = env.settings.model_copy(update={"setup_network": "none", "sandbox_memory_mb": 4096})
+    first, second = env.worktree(url), env.worktree(url)
+    boxes = [env.checkout(first, settings=settings), env.checkout(second, settings=settings)]
+    try:
+        result = boxes[0].setup()
+        assert result is not None and result.ok, result and result.output
+        assert boxes[1].setup() is None  # the next job reuses the cache entry
+
+        entry = next((settings.cache_root / repo_id(url)).glob("[0-9a-f]*[0-9a-f]"))
+        assert (entry / "node_modules" / "greet" / "index.js").is_file()
+        for box in boxes:
+            ran = box.run("node -e \"console.log(require('greet').hi())\" && touch node_modules/x")
+            assert ran.output.startswith("hi\n") and "Read-only file system" in ran.output, ran.output
+            assert box.changed_files() == []  # a mount: nothing of it is in the checkout's files
+            assert not any((box.root / "node_modules").iterdir())
+            # Tools' caches inside node_modules (Vitest's results) are writable, and each command's own.
+            cached = box.run("touch node_modules/.vite/r.json node_modules/.cache/x && ls node_modules/.vite")
+            assert cached.ok and cached.output == "r.json\n", cached.output
+            assert box.run("ls -A node_modules/.vite").output == ""
+        assert not any((entry / "node_modules" / ".vite").iterdir())
+    finally:
+        for box, worktree in zip(boxes, (first, second), strict=True):
+            box.close()
+            worktree.remove()

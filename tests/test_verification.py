@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from pydantic import SecretStr
 
-from codeworker.config import Settings
-from codeworker.coordination.keys import Keys, repo_id
-from codeworker.coordination.locks import FileLocks
-from codeworker.git.mirrors import Mirrors
 from codeworker.loopback.gitserver import GitServer
-from codeworker.models import Job, TestRun, Verification, parse_job
-from codeworker.sandbox.checkout import Checkout
+from codeworker.models import TestRun
 from codeworker.verification.junit import parse_junit
 from codeworker.verification.verifier import Verifier, feedback
-from tests.conftest import GITHUB_TOKEN
+from tests.support.verification_jobs import Open, job_opener, verify, write
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b  # bug\n"
 CALC_FIXED = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
@@ -30,51 +23,12 @@ TESTS = (
 )
 PROJECT = {"calc.py": CALC, "tests/test_calc.py": TESTS, "pytest.ini": "[pytest]\npythonpath = .\n"}
 
-Open = Callable[..., tuple[Job, Checkout]]
-
 
 @pytest.fixture()
 def open_job(tmp_path: Path, git_server: GitServer, redis_client: redis.Redis) -> Iterator[Open]:
     """Creates a repository with ``files``, checks it out and returns the job and its workspace."""
-    settings = Settings(
-        workspace_root=tmp_path / "ws", cache_root=tmp_path / "cache", github_token=SecretStr(GITHUB_TOKEN)
-    )
-    mirrors = Mirrors(settings.workspace_root, settings.github_token, 5_000, 30_000)
-    opened: list[tuple[Checkout, object]] = []
-
-    def open_(operation_type: str, files: dict[str, str] = PROJECT, **fields: object) -> tuple[Job, Checkout]:
-        name = f"v{uuid.uuid4().hex[:8]}"
-        url = git_server.create_repo("acme", name, files)
-        job = parse_job(
-            {"description": "verify me", "repository": {"url": url}, **fields},
-            operation_type=operation_type,
-            allowed_repos=[git_server.base_url],
-            max_iterations_cap=10,
-        )
-        worktree = mirrors.checkout(url, "main", f"codeworker/{job.operation_id}", job.operation_id, "a1")
-        locks = FileLocks(redis_client, Keys(), repo_id(url), job.operation_id, 30)
-        box = Checkout(worktree, locks, settings, job.test_command)
-        opened.append((box, worktree))
-        return job, box
-
-    yield open_
-    for box, worktree in opened:
-        box.close()
-        worktree.remove()  # type: ignore[attr-defined]
-
-
-def _write(box: Checkout, files: dict[str, str]) -> None:
-    for path, content in files.items():
-        target = box.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-
-
-def _verify(job: Job, box: Checkout, change: dict[str, str]) -> Verification:
-    verifier = Verifier(job, box)
-    verifier.baseline()
-    _write(box, change)
-    return verifier.verify()
+    with job_opener(tmp_path, git_server, redis_client) as open_:
+        yield lambda operation_type, files=PROJECT, **fields: open_(operation_type, files, **fields)
 
 
 # -- per-test results ---------------------------------------------------------------------------
@@ -124,7 +78,7 @@ ERROR = {"error_message": "AssertionError: assert 8 == 2", "stack_trace": "tests
 
 def test_error_fix_passes_when_the_named_test_is_fixed(open_job: Open) -> None:
     job, box = open_job("error_fix", error_context=ERROR)
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})
 
     assert verdict.verified, verdict.reasons
     assert verdict.before is not None and verdict.after is not None
@@ -133,7 +87,7 @@ def test_error_fix_passes_when_the_named_test_is_fixed(open_job: Open) -> None:
 
 def test_error_fix_fails_while_the_named_test_still_fails(open_job: Open) -> None:
     job, box = open_job("error_fix", error_context=ERROR)
-    verdict = _verify(job, box, {"calc.py": CALC + "\n# touched\n"})
+    verdict = verify(job, box, {"calc.py": CALC + "\n# touched\n"})
 
     assert not verdict.verified
     assert verdict.reasons == ["tests/test_calc.py::test_sub still fails"]
@@ -145,7 +99,7 @@ def test_error_fix_fails_while_the_named_test_still_fails(open_job: Open) -> Non
 def test_error_fix_fails_when_it_breaks_a_passing_test(open_job: Open) -> None:
     job, box = open_job("error_fix", error_context=ERROR)
     broken = CALC_FIXED.replace("return a + b", "return a * b")
-    verdict = _verify(job, box, {"calc.py": broken})
+    verdict = verify(job, box, {"calc.py": broken})
 
     assert not verdict.verified
     assert verdict.reasons == ["tests/test_calc.py::test_add passed before and now fails"]
@@ -155,7 +109,7 @@ def test_error_fix_only_requires_the_tests_the_error_names(open_job: Open) -> No
     also_failing = TESTS + "\n\ndef test_unrelated():\n    assert False\n"
     files = {**PROJECT, "tests/test_calc.py": also_failing}
     job, box = open_job("error_fix", files, error_context={"error_message": "test_sub fails"})
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})
 
     assert verdict.verified, verdict.reasons  # test_unrelated failed before and was not the job
 
@@ -164,7 +118,7 @@ def test_error_fix_without_a_match_requires_every_baseline_failure_fixed(open_jo
     also_failing = TESTS + "\n\ndef test_unrelated():\n    assert False\n"
     files = {**PROJECT, "tests/test_calc.py": also_failing}
     job, box = open_job("error_fix", files, error_context={"error_message": "something is off"})
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})
 
     assert verdict.reasons == ["tests/test_calc.py::test_unrelated still fails"]
 
@@ -172,7 +126,7 @@ def test_error_fix_without_a_match_requires_every_baseline_failure_fixed(open_jo
 def test_deleting_the_failing_test_is_not_a_fix(open_job: Open) -> None:
     job, box = open_job("error_fix", error_context=ERROR)
     only_add = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
-    verdict = _verify(job, box, {"tests/test_calc.py": only_add})
+    verdict = verify(job, box, {"tests/test_calc.py": only_add})
 
     assert verdict.reasons == ["tests/test_calc.py::test_sub still does not run"]
 
@@ -187,14 +141,14 @@ NO_REPRO = (
 
 def test_error_fix_with_a_reproduction_test_when_no_test_failed(open_job: Open) -> None:
     job, box = open_job("error_fix", PASSING_PROJECT, error_context=ERROR)
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED, "tests/test_repro.py": REPRO})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED, "tests/test_repro.py": REPRO})
     assert verdict.verified, verdict.reasons
     assert verdict.reproduced == ["tests/test_repro.py::test_sub_small"]
 
 
 def test_error_fix_without_a_reproduction_test_is_not_verified(open_job: Open) -> None:
     job, box = open_job("error_fix", PASSING_PROJECT, error_context=ERROR)
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})
     assert verdict.reasons == [NO_REPRO]
 
 
@@ -210,7 +164,7 @@ FLAKY = (
 def test_a_flaky_test_at_baseline_is_reported_and_is_no_evidence(open_job: Open) -> None:
     files = {**PASSING_PROJECT, "tests/test_flaky.py": FLAKY, ".gitignore": ".state/\n"}
     job, box = open_job("error_fix", files, error_context=ERROR)
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})
     assert verdict.flaky == ["tests/test_flaky.py::test_flaky"]
     assert verdict.reasons == [NO_REPRO]  # the flaky failure is not the error to fix
 
@@ -230,7 +184,7 @@ NO_FEATURE_EVIDENCE = (
 
 def test_feature_with_a_new_test_that_fails_on_the_base_code(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
-    verdict = _verify(job, box, {"calc.py": MUL, "tests/test_mul.py": MUL_TEST})
+    verdict = verify(job, box, {"calc.py": MUL, "tests/test_mul.py": MUL_TEST})
     assert verdict.verified, verdict.reasons
     assert verdict.reproduced == ["tests/test_mul.py::test_mul"] and verdict.fixed == []
     assert box.changed_files() == ["calc.py", "tests/test_mul.py"]  # the base copy left no trace
@@ -240,7 +194,7 @@ def test_feature_with_a_new_test_that_fails_on_the_base_code(open_job: Open) -> 
 def test_feature_whose_acceptance_tests_existed_and_now_pass(open_job: Open) -> None:
     """The "I wrote the failing tests, please implement" workflow: no new test is needed."""
     job, box = open_job("feature_implementation", {**FIXED_PROJECT, "tests/test_mul.py": MUL_TEST})
-    verdict = _verify(job, box, {"calc.py": MUL})
+    verdict = verify(job, box, {"calc.py": MUL})
     assert verdict.verified, verdict.reasons
     # At baseline the module failed to import: pytest reports the file, not its tests.
     assert verdict.fixed == ["tests/test_mul.py"] and verdict.reproduced == []
@@ -249,7 +203,7 @@ def test_feature_whose_acceptance_tests_existed_and_now_pass(open_job: Open) -> 
 def test_feature_whose_new_test_passes_on_the_base_code_proves_nothing(open_job: Open) -> None:
     add_again = "from calc import add\n\n\ndef test_add_again():\n    assert add(1, 1) == 2\n"
     job, box = open_job("feature_implementation", FIXED_PROJECT)
-    verdict = _verify(job, box, {"calc.py": MUL, "tests/test_more.py": add_again})
+    verdict = verify(job, box, {"calc.py": MUL, "tests/test_more.py": add_again})
     assert verdict.reasons == [
         NO_FEATURE_EVIDENCE,
         "tests/test_more.py::test_add_again passes on the base code too, so it does not exercise the change",
@@ -259,19 +213,19 @@ def test_feature_whose_new_test_passes_on_the_base_code_proves_nothing(open_job:
 
 def test_feature_without_tests_is_not_verified(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
-    verdict = _verify(job, box, {"calc.py": MUL})
+    verdict = verify(job, box, {"calc.py": MUL})
     assert verdict.reasons == [NO_FEATURE_EVIDENCE]
 
 
 def test_feature_whose_new_test_fails(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
-    verdict = _verify(job, box, {"calc.py": MUL.replace("a * b", "a ** b"), "tests/test_mul.py": MUL_TEST})
+    verdict = verify(job, box, {"calc.py": MUL.replace("a * b", "a ** b"), "tests/test_mul.py": MUL_TEST})
     assert verdict.reasons == [NO_FEATURE_EVIDENCE, "tests/test_mul.py::test_mul fails"]
 
 
 def test_a_new_test_file_that_cannot_be_imported(open_job: Open) -> None:
     job, box = open_job("feature_implementation", FIXED_PROJECT)
-    verdict = _verify(job, box, {"tests/test_mul.py": MUL_TEST})  # calc has no mul yet
+    verdict = verify(job, box, {"tests/test_mul.py": MUL_TEST})  # calc has no mul yet
 
     # pytest stops at a collection error, so nothing else runs either.
     assert verdict.reasons[:2] == [NO_FEATURE_EVIDENCE, "tests/test_mul.py errors"]
@@ -285,19 +239,19 @@ def test_a_new_test_file_that_cannot_be_imported(open_job: Open) -> None:
 def test_refactor_with_identical_outcomes(open_job: Open) -> None:
     job, box = open_job("refactor")  # test_sub fails before and after: still "identical"
     renamed = CALC.replace("def add(a, b):\n    return a + b", "def add(x, y):\n    return x + y")
-    verdict = _verify(job, box, {"calc.py": renamed})
+    verdict = verify(job, box, {"calc.py": renamed})
     assert verdict.verified, verdict.reasons
 
 
 def test_refactor_that_changes_an_outcome(open_job: Open) -> None:
     job, box = open_job("refactor")
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})  # "fixing" is a behaviour change too
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})  # "fixing" is a behaviour change too
     assert verdict.reasons == ["tests/test_calc.py::test_sub was failed and is now passed"]
 
 
 def test_refactor_without_a_diff(open_job: Open) -> None:
     job, box = open_job("refactor")
-    verdict = _verify(job, box, {})
+    verdict = verify(job, box, {})
     assert verdict.reasons == ["the refactor changed nothing"]
 
 
@@ -310,7 +264,7 @@ TEST_PROJECT = {**FIXED_PROJECT, "tests/test_calc.py": ADD_ONLY}
 
 def test_test_job_that_raises_coverage(open_job: Open) -> None:
     job, box = open_job("test", TEST_PROJECT, target_files=["calc.py"])
-    verdict = _verify(job, box, {"tests/test_sub.py": SUB_TEST})
+    verdict = verify(job, box, {"tests/test_sub.py": SUB_TEST})
 
     assert verdict.verified, verdict.reasons
     assert verdict.before is not None and verdict.after is not None
@@ -321,19 +275,19 @@ def test_test_job_that_raises_coverage(open_job: Open) -> None:
 def test_test_job_that_does_not_raise_coverage(open_job: Open) -> None:
     job, box = open_job("test", TEST_PROJECT, target_files=["calc.py"])
     again = ADD_ONLY.replace("test_add", "test_add_again")
-    verdict = _verify(job, box, {"tests/test_again.py": again})
+    verdict = verify(job, box, {"tests/test_again.py": again})
     assert verdict.reasons == ["line coverage of the target files did not rise (75.0% -> 75.0%)"]
 
 
 def test_test_job_whose_new_test_fails(open_job: Open) -> None:
     job, box = open_job("test", TEST_PROJECT, target_files=["calc.py"])
-    verdict = _verify(job, box, {"tests/test_sub.py": SUB_TEST.replace("== 2", "== 3")})
+    verdict = verify(job, box, {"tests/test_sub.py": SUB_TEST.replace("== 2", "== 3")})
     assert "tests/test_sub.py::test_sub fails" in verdict.reasons
 
 
 def test_test_job_without_test_files(open_job: Open) -> None:
     job, box = open_job("test", TEST_PROJECT, target_files=["calc.py"])
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED + "\n"})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED + "\n"})
     assert verdict.reasons == ["no test file was added or changed"]
 
 
@@ -349,7 +303,7 @@ def test_a_non_pytest_command_is_judged_by_exit_status(open_job: Open) -> None:
     assert before is not None and before.tests == {} and not before.passed
 
     still = verifier.verify()
-    _write(box, {"calc.py": CALC_FIXED})
+    write(box, {"calc.py": CALC_FIXED})
     fixed = verifier.verify()
 
     assert still.reasons == [f"`{CHECK}` failed (exit 1)"]
@@ -359,7 +313,7 @@ def test_a_non_pytest_command_is_judged_by_exit_status(open_job: Open) -> None:
 
 def test_no_test_command_cannot_verify(open_job: Open) -> None:
     job, box = open_job("error_fix", {"calc.py": CALC})
-    verdict = _verify(job, box, {"calc.py": CALC_FIXED})
+    verdict = verify(job, box, {"calc.py": CALC_FIXED})
     assert verdict.reasons == ["the repository has no test command, so nothing can verify the change"]
 
 

@@ -1,7 +1,9 @@
 """ "Verified" means proven, through a real worker: the agent (driven by the scripted model stand-in)
 or an executor plugin changes a small pytest project, and the worker's own verification decides
 the result, the pull request's draft flag and body, and the ``codeworker/verification`` check run
-on the pushed head commit. One test per rule of the README's Verification section."""
+on the pushed head commit. One test per rule of the README's Verification section, and the same
+rules on repositories that are not pytest projects: a JavaScript one tested with ``node --test``,
+and one whose own runner writes JUnit XML where ``.codeworker.yml``'s ``junit:`` says."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from tests.support import anthropic_stub as s
 from tests.support.jobs import QUEUE, RESULT_TIMEOUT, scripted_job
+from tests.support.projects import CALC_JS_FIXED, CALC_PY, CHECK_MUL, JUNIT_PROJECT, NODE_PROJECT
 
 CALC = "def add(a, b):\n    return a + b\n"
 CALC_MUL = CALC + "\n\ndef mul(a, b):\n    return a * b\n"
@@ -148,3 +151,49 @@ def test_a_refused_check_run_does_not_fail_the_job(client, model, git_server, gi
     assert result["success"] is True and result["status"] == "pr_open", result["error"]
     assert github_stub.check_runs("acme", name) == []
     assert "check runs are refused (a GitHub App token is needed)" in worker.output
+
+
+def test_a_javascript_error_fix_is_verified_per_test(client, model, git_server, github_stub):
+    name, url = repo(git_server, NODE_PROJECT)
+    model.play(s.say(s.create("calc.js", CALC_JS_FIXED)), s.done("sub fixed"))
+
+    error = {"error_message": "sub(5, 3) returned 8", "affected_files": ["calc.js"]}
+    result = run(client, agent_job("error_fix", url, name, error_context=error))
+
+    assert result["success"] is True and result["status"] == "pr_open", result["error"]
+    verification = result["verification"]
+    assert verification["fixed"] == ["test/calc.test.js::sub > subtracts"]
+    assert verification["after"]["tests"] == {
+        "test/calc.test.js::adds": "passed",
+        "test/calc.test.js::sub > subtracts": "passed",
+    }
+    assert result["files_modified"] == ["calc.js"]  # neither node_modules nor a report
+    [pull] = github_stub.pull_requests("acme", name)
+    assert "`test/calc.test.js::sub > subtracts`" in pull["body"]
+    # The agent was told what it works on and how the worker runs its tests.
+    system = model.messages_requests[-2]["system"][0]["text"]
+    assert "The repository: a JavaScript/TypeScript project. The worker runs its tests with " in system
+    assert "`node --test` (node:test)" in system
+
+
+def test_a_runner_writing_junit_verifies_a_feature_per_test(client, model, git_server, github_stub):
+    name, url = repo(git_server, JUNIT_PROJECT)
+    mul = CALC_PY + "\n\ndef mul(a, b):\n    return a * b\n"
+    model.play(s.say(s.create("calc.py", mul), s.create("tests/test_mul.py", CHECK_MUL)), s.done("mul"))
+
+    result = run(client, agent_job("feature_implementation", url, name))
+
+    assert result["success"] is True, result["error"]
+    assert result["verification"]["reproduced"] == ["tests/test_mul.py::check_mul"]
+    assert sorted(result["files_modified"]) == ["calc.py", "tests/test_mul.py"]
+
+
+def test_a_package_json_without_a_test_script_fails_the_job_clearly(client, git_server):
+    files = {"package.json": '{"name": "calc", "scripts": {"build": "tsc"}}', "src/calc.ts": "export {};\n"}
+    name, url = repo(git_server, files)
+
+    result = run(client, agent_job("error_fix", url, name))
+
+    assert result["success"] is False and result["status"] == "failed"
+    assert result["error"].startswith('package.json has no "test" script, so the worker cannot run the tests')
+    assert result["commits"] == [] and git_server.branches("acme", name) == ["main"]

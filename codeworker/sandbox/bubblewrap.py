@@ -17,10 +17,12 @@ Why each piece is there:
   REDIS_URL, ...) never reach a command, whatever the worker's environment holds.
 - Bound on top: the checkout read-write, its repository's mirror read-only (git's objects, refs,
   config, hooks) with every worktree's admin dir hidden, and the job's setup cache (read-only,
-  read-write for setup itself). Anything secret that lies inside something bound (the worker's
-  HOME, the trajectory directory, the scanner's virtualenv, ``/run/secrets``, other jobs'
-  checkouts, the setup cache root) is hidden behind an empty read-only tmpfs, so an operator's
-  ``CODEWORKER_SANDBOX_EXTRA_RO=/opt`` does not bring the scanner under ``/opt`` with it.
+  read-write for setup itself), with its ``node_modules`` also at the checkout's for a JavaScript
+  repository (a mount, so nothing of it is in the checkout's files or a commit). Anything secret
+  that lies inside something bound (the worker's HOME, the trajectory directory, the scanner's
+  virtualenv, ``/run/secrets``, other jobs' checkouts, the setup cache root) is hidden behind an
+  empty read-only tmpfs, so an operator's ``CODEWORKER_SANDBOX_EXTRA_RO=/opt`` does not bring the
+  scanner under ``/opt`` with it.
 - The worktree's admin directory (HEAD, index, commondir, gitdir) is shown as a private writable
   copy (:class:`GitView`): ``git status``, ``diff``, ``checkout --`` and ``restore`` work, but a
   command that moves HEAD, rewrites the index or commondir, or plants ``config.worktree`` or hooks
@@ -367,11 +369,20 @@ class Sandbox:
         for source, target in self.mounts.replaced:
             args += ["--bind", str(source), str(target)]
         if self.cache is not None:
-            args += [
-                "--bind" if self.cache.writable else "--ro-bind",
-                str(self.cache.source),
-                str(self.cache.target),
-            ]
+            bind = "--bind" if self.cache.writable else "--ro-bind"
+            args += [bind, str(self.cache.source), str(self.cache.target)]
+            for name in self.cache.checkout_dirs:
+                source, target = self.cache.source / name, self.checkout / name
+                # Over a directory or nothing (bubblewrap makes the mount point), never through a
+                # link the repository committed: the bind would land wherever it points.
+                if source.is_dir() and not target.is_symlink() and (target.is_dir() or not target.exists()):
+                    args += [bind, str(source), str(target)]
+            for name in () if self.cache.writable else self.cache.private_dirs:
+                # Mount points made by setup (the entry is read-only now); shown empty, per command.
+                private = self.cache.source / name
+                if private.is_dir() and not private.is_symlink():
+                    size = str(self.settings.sandbox_tmp_mb * 1024 * 1024)
+                    args += ["--size", size, "--tmpfs", str(self.checkout / name)]
         for path in hidden:
             args += ["--remount-ro", path]
         if network != "host":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -17,9 +18,10 @@ from codeworker.coordination.locks import FileLocks
 from codeworker.git.worktree import BaseFile, Worktree
 from codeworker.models import Verification
 from codeworker.names import relative_path, shown
+from codeworker.profiles import Profile, choose_profile
 from codeworker.sandbox.bubblewrap import GitView, Sandbox
 from codeworker.sandbox.commands import CommandResult
-from codeworker.sandbox.repo_config import load_repo_config, setup_plan, test_command_for
+from codeworker.sandbox.repo_config import load_repo_config
 from codeworker.sandbox.setup_cache import CacheMount, SetupCache, SetupFailed
 
 if TYPE_CHECKING:
@@ -110,6 +112,9 @@ class Checkout:
         # The repository's settings are those of the base commit: read now, before any command
         # runs, so the agent cannot swap the test command the verification trusts.
         self._repo_config = load_repo_config(worktree.path)
+        self.profile: Profile = choose_profile(worktree.path, self._repo_config, requested_test_command)
+        """The repository's language profile (:mod:`codeworker.profiles`), chosen from the base
+        commit like the settings."""
         self._scratch = Path(tempfile.mkdtemp(prefix="cw-scratch-"))
         admin = git_admin_dir(worktree.path)
         self._git_view = GitView.of(admin) if admin is not None else None
@@ -219,10 +224,15 @@ class Checkout:
         return self.verifier.verify()
 
     def run_on_base(
-        self, command: str, revert: Callable[[str], bool], env: Mapping[str, str] | None = None
+        self,
+        command: str,
+        revert: Callable[[str], bool],
+        env: Mapping[str, str] | None = None,
+        inspect: Callable[[Path], None] | None = None,
     ) -> CommandResult:
         """A copy of the checkout (without ``.git``), with the reverted paths written from the base
-        commit, run in a sandbox of its own with the same setup result, then removed."""
+        commit, run in a sandbox of its own with the same setup result, then removed; ``inspect``
+        is called with the copy after the command (a report the command wrote there)."""
         self.stop_if_cancelled()
         base = self._worktree.base_contents([path for path in self.changed_files() if revert(path)])
         copy = Path(tempfile.mkdtemp(prefix="cw-base-"))
@@ -236,6 +246,8 @@ class Checkout:
                 self._settings, copy, self._hidden_roots, None, self._scratch, self._cancel, self._sandbox.etc
             )
             result = sandbox.with_cache(self._sandbox.cache).run(command, None, env)
+            if inspect is not None:
+                inspect(copy)
         finally:
             shutil.rmtree(copy, ignore_errors=True)
             self._clear_scratch()
@@ -249,7 +261,7 @@ class Checkout:
         None when there is nothing to set up or an earlier job's result for the same dependency
         files is reused. Raises :class:`SetupFailed` (with the output's tail) when setup fails.
         """
-        plan = setup_plan(self.root, self._repo_config)
+        plan = self.profile.setup
         if plan is None:
             return None
         cache = SetupCache(self._settings.cache_root, repo_id(self._worktree.url))
@@ -263,7 +275,7 @@ class Checkout:
                 self._use_cache(cache.entry(key))
                 return None
             try:
-                result = self._sandbox.with_cache(build.mount).run(
+                result = self._sandbox.with_cache(build.mount(self.profile.cache_dirs)).run(
                     plan.command, self._settings.setup_timeout, network=self._settings.setup_network
                 )
             finally:
@@ -271,13 +283,22 @@ class Checkout:
             self.stop_if_cancelled()
             if not result.ok:
                 raise SetupFailed(result)
+            for name in self.profile.private_dirs:  # mount points for later commands' own copies
+                path = build.source / name
+                # What setup (the repository's code) left there is never followed out of the entry.
+                if not path.is_symlink() and not path.parent.is_symlink() and path.parent.is_dir():
+                    with contextlib.suppress(OSError):  # a file of that name: no private copy
+                        path.mkdir(exist_ok=True)
             published = build.publish()
         if published is not None:
             self._use_cache(published)
         return result
 
     def _use_cache(self, entry: Path) -> None:
-        self._sandbox = self._sandbox.with_cache(CacheMount(entry, entry))
+        shown = tuple(name for name in self.profile.cache_dirs if (entry / name).is_dir())
+        private = tuple(name for name in self.profile.private_dirs if (entry / name).is_dir())
+        mount = CacheMount(entry, entry, checkout_dirs=shown, private_dirs=private)
+        self._sandbox = self._sandbox.with_cache(mount)
 
     def _clear_scratch(self) -> None:
         """Remove whatever a command left at the top of scratch that is neither a regular file nor a
@@ -292,7 +313,8 @@ class Checkout:
         return self._worktree.changed_files()
 
     def test_command(self) -> str | None:
-        return test_command_for(self.root, self._requested_test_command, self._repo_config)
+        """The job's command, else the repository's, else the profile's detected one."""
+        return self._requested_test_command or self._repo_config.test_command or self.profile.test_command
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)

@@ -1,16 +1,18 @@
 """What a repository may say about itself in ``.codeworker.yml``, and the test command it gets.
 
-The file may set ``test_command`` and ``setup_command``, nothing else. Both run in the sandbox like
-every repository command (setup with network, to install dependencies; never with the worker's
-credentials). Policy (the secret scan, the sandbox, budgets, the iteration cap, the repository
-allowlist, the environment commands get) comes only from the worker's environment, so nothing a
-repository writes can weaken it.
+The file may set ``test_command``, ``setup_command`` and ``junit`` (where the test command writes
+JUnit XML, for per-test results from any runner: :mod:`codeworker.profiles.junit_files`), nothing
+else. Both commands run in the sandbox like every repository command (setup with network, to
+install dependencies; never with the worker's credentials). Policy (the secret scan, the sandbox,
+budgets, the iteration cap, the repository allowlist, the environment commands get) comes only from
+the worker's environment, so nothing a repository writes can weaken it.
 
 Unknown keys are ignored, and logged as a warning that names them: a typo (``test_comand``) must
 not fail a job, a key that tries to change policy (``scan: false``) has nothing to bind to, and an
 operator reading the log learns about both. A file that cannot be used as it stands fails the job
 with :class:`RepoConfigError` rather than being half-applied: invalid YAML or UTF-8, a top level
-that is not a mapping, a wrong type for one of the two keys, YAML aliases (a "billion laughs" file
+that is not a mapping, a wrong type for one of the keys, a ``junit`` path that is absolute or
+leaves the checkout, YAML aliases (a "billion laughs" file
 expands exponentially, and two strings need none), a file over :data:`MAX_CONFIG_BYTES`, and a
 ``.codeworker.yml`` that is not a regular file (through a symlink the unsandboxed worker would
 read whatever it points at). PyYAML's safe loader builds no Python objects (``!!python/...`` tags
@@ -20,8 +22,9 @@ are errors).
 are the base commit's, and an agent that edits the file cannot change the test command that the
 verification trusts.
 
-Setup detection is deliberately modest: a ``requirements.txt`` at the root is installed with pip
-into the setup cache; anything else needs ``setup_command`` in ``.codeworker.yml``.
+What is detected when the file says nothing (the test command, the setup) is the repository's
+language profile's business (:mod:`codeworker.profiles`); for Python, a ``requirements.txt`` at
+the root is installed with pip into the setup cache (:func:`setup_plan`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -67,7 +70,22 @@ class RepoConfig(BaseModel):
     setup_command: str | None = Field(None, max_length=2000)
     """Command that installs the repository's dependencies."""
 
+    junit: str | None = Field(None, max_length=1000)
+    """Where the test command writes JUnit XML: a path or glob relative to the checkout."""
+
     _command = field_validator("test_command", "setup_command")(command)
+
+    @field_validator("junit")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        pattern = value.strip()
+        if not pattern or "\x00" in pattern:
+            raise ValueError("must be a non-empty path or glob")
+        if pattern.startswith("/") or ".." in pattern.split("/") or not PurePosixPath(pattern).parts:
+            raise ValueError("must be relative to the checkout and stay inside it")
+        return pattern
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -149,11 +167,6 @@ def detect_test_command(checkout: Path) -> str | None:
     if any((checkout / marker).exists() for marker in markers) or any(checkout.glob("test_*.py")):
         return "python -m pytest -q -p no:cacheprovider"
     return None
-
-
-def test_command_for(checkout: Path, requested: str | None, config: RepoConfig) -> str | None:
-    """The job's command, else the repository's, else a detected one."""
-    return requested or config.test_command or detect_test_command(checkout)
 
 
 DEPENDENCY_FILES = (

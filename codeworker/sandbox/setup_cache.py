@@ -33,6 +33,12 @@ class CacheMount:
     source: Path
     target: Path
     writable: bool = False
+    checkout_dirs: tuple[str, ...] = ()
+    """Directories of the entry also shown inside the checkout under the same name
+    (``node_modules``: Node finds packages only next to the code); sandboxed commands only."""
+    private_dirs: tuple[str, ...] = ()
+    """Directories of the entry (under ``checkout_dirs``) each command gets empty and writable in
+    the checkout: tools' caches, which cannot be written in the read-only entry."""
 
     def environment(self, path: str, confined: bool = True) -> dict[str, str]:
         """``$CODEWORKER_CACHE``, its ``python`` dir on PYTHONPATH and its ``bin`` dirs on PATH.
@@ -105,9 +111,12 @@ class SetupBuild:
     source: Path
     target: Path
 
-    @property
-    def mount(self) -> CacheMount:
-        return CacheMount(self.source, self.target, writable=True)
+    def mount(self, checkout_dirs: tuple[str, ...] = ()) -> CacheMount:
+        """The entry being built, writable; ``checkout_dirs`` are made in it first (a mount
+        needs its source)."""
+        for name in checkout_dirs:
+            (self.source / name).mkdir(exist_ok=True)
+        return CacheMount(self.source, self.target, writable=True, checkout_dirs=checkout_dirs)
 
     def publish(self) -> Path | None:
         """Rename the result into place; None when setup left nothing in the cache to reuse."""

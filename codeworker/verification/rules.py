@@ -17,9 +17,10 @@ evidence nor a regression. "The base code" is the checkout with every changed fi
 test back at its base version (:meth:`Verifier.verify`): a new test passing there does not
 exercise the change.
 
-A test command that does not report per test (not pytest) is judged by its exit status: a failing
-run that passes now is the evidence of an error fix or a feature, an unchanged status that of a
-refactor.
+A test command that does not report per test (its profile cannot read its results) is judged by
+its exit status: a failing run that passes now is the evidence of an error fix or a feature, an
+unchanged status that of a refactor. What counts as a test file is the repository's profile's
+(``test_*.py`` for Python, ``*.test.ts`` for JavaScript, :mod:`codeworker.profiles`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from codeworker.models import Job, OperationType, TestRun, for_every_type
+from codeworker.profiles.python import TEST_FILE
 from codeworker.verification.junit import ERROR, FAILED, NOT_PASSING, PASSED, SKIPPED
-
-TEST_FILE = re.compile(r"(^|/)(test_[^/]*\.py|[^/]*_test\.py|conftest\.py)$|(^|/)tests?/")
-"""Paths that hold tests (pytest's default discovery, plus anything under test/ or tests/)."""
 
 
 def is_test_file(path: str) -> bool:
+    """Whether ``path`` holds Python tests (the default profile's rule)."""
     return TEST_FILE.search(path) is not None
 
 
@@ -52,6 +52,8 @@ class Context:
     """Outcomes of the new or changed tests run on the base code; None when not run."""
     flaky: set[str] = field(default_factory=set)
     """Tests whose outcome differed between two runs of the same code."""
+    is_test_file: Callable[[str], bool] = is_test_file
+    """Whether a path holds tests, by the repository's profile."""
 
     @property
     def per_test(self) -> bool:
@@ -244,11 +246,11 @@ def refactor_rule(context: Context) -> list[str]:
 
 
 def test_rule(context: Context) -> list[str]:
-    changed_tests = [path for path in context.changed if is_test_file(path)]
+    changed_tests = [path for path in context.changed if context.is_test_file(path)]
     if not changed_tests:
         return ["no test file was added or changed"]
     if not context.per_test:
-        return [*_suite_failed(context), "the test command did not report per test (not pytest)"]
+        return [*_suite_failed(context), "the test command did not report per test"]
     reasons = []
     in_changed = [t for t in context.after.tests if t.partition("::")[0] in changed_tests]
     if not in_changed:

@@ -2,9 +2,10 @@
 
 Neither the model nor the executor judges its own work. :class:`Verifier` runs the job's test
 command in the sandbox before the executor changes anything (the baseline, taken by the pipeline)
-and again afterwards, reads every test's outcome from pytest's junit XML
-(:mod:`codeworker.verification.junit`), and applies the rule of the job's operation type
-(:mod:`codeworker.verification.rules`). Two more runs give the rules their evidence:
+and again afterwards, reads every test's outcome from the JUnit XML the repository's language
+profile has its runner write (:mod:`codeworker.profiles`, :mod:`codeworker.verification.junit`),
+and applies the rule of the job's operation type (:mod:`codeworker.verification.rules`), which is
+the same for every language. Two more runs give the rules their evidence:
 
 - **on the base code**: the new or changed tests that pass, run in a scratch copy of the checkout
   whose changed files that are not tests are back at their base version (sandboxed like every
@@ -12,79 +13,29 @@ and again afterwards, reads every test's outcome from pytest's junit XML
 - **again**: the tests whose outcome decides the verdict (failing at baseline; newly failing
   after) run a second time on the same code; one whose outcome flips is flaky.
 
-Any pytest invocation reports per test, because the report is requested through
-``PYTEST_ADDOPTS`` (and coverage, or a selection of tests, through plugins named there), not by
-rewriting the command; a command that is not pytest writes no report and is judged by its exit
+How a run is asked to report, and to run only some tests, is the profile's
+(:class:`~codeworker.profiles.base.Reporting`): pytest through ``PYTEST_ADDOPTS``, Node's runner
+through ``NODE_OPTIONS``, Jest and Vitest through their reporter arguments, any runner through the
+JUnit files ``.codeworker.yml`` names. A runner that cannot select tests runs them all again, and
+only the wanted tests' outcomes are kept. A command that writes no report is judged by its exit
 status.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
 
 from codeworker.executors.base import Workspace
 from codeworker.models import Job, OperationType, TestRun, Verification
+from codeworker.profiles.base import Results, TestRequest
 from codeworker.sandbox.commands import clip
-from codeworker.verification.junit import NOT_PASSING, PASSED, parse_junit, read_coverage
-from codeworker.verification.rules import RULES, Context, is_test_file, needs_base_run, test_rule
+from codeworker.verification.junit import NOT_PASSING, PASSED
+from codeworker.verification.rules import RULES, Context, needs_base_run, test_rule
 
 OUTPUT_TAIL = 4_000
 """Characters of the test command's output kept in a TestRun."""
 
-COVERAGE_PLUGIN = "codeworker_coverage"
-"""Module name of the pytest plugin written to the scratch dir for coverage measurement."""
-
-_PLUGIN_SOURCE = '''"""Line coverage around a pytest session (written by codeworker, never committed)."""
-import json, os
-
-try:
-    import coverage
-except ImportError:  # the repository's Python has no coverage.py: nothing measured
-    coverage = None
-
-_cov = None
-if coverage is not None:
-    _cov = coverage.Coverage(
-        data_file=os.environ["CODEWORKER_COVERAGE_DATA"],
-        include=json.loads(os.environ["CODEWORKER_COVERAGE_INCLUDE"]) or None,
-        source=json.loads(os.environ["CODEWORKER_COVERAGE_SOURCE"]) or None,
-        omit=json.loads(os.environ["CODEWORKER_COVERAGE_OMIT"]) or None,
-    )
-    _cov.start()
-
-
-def pytest_unconfigure(config):
-    if _cov is None:
-        return
-    _cov.stop()
-    _cov.save()
-    try:
-        _cov.json_report(outfile=os.environ["CODEWORKER_COVERAGE_JSON"])
-    except coverage.CoverageException:  # nothing measured (no target file imported)
-        pass
-'''
-
-SELECT_PLUGIN = "codeworker_select"
-"""Module name of the pytest plugin that runs only the tests named in ``CODEWORKER_SELECT``."""
-
-_SELECT_SOURCE = '''"""Run only the tests CODEWORKER_SELECT names (written by codeworker, never committed)."""
-import json, os
-
-_WANTED = set(json.loads(os.environ["CODEWORKER_SELECT"]))
-
-
-def pytest_collection_modifyitems(config, items):
-    keep = [item for item in items if item.nodeid in _WANTED]
-    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in _WANTED])
-    items[:] = keep
-'''
-
 NO_TEST_COMMAND = "the repository has no test command, so nothing can verify the change"
-
-OMIT_TESTS = ["*/test_*.py", "*/*_test.py", "*/conftest.py", "*/tests/*", "*/test/*"]
-"""What coverage leaves out when a test job names no target files."""
 
 
 def feedback(verdict: Verification, limit: int = 8_000) -> str:
@@ -142,7 +93,12 @@ class Verifier:
             t for t, o in after.tests.items() if o in NOT_PASSING and before.tests.get(t) == PASSED
         ]
         context = Context(
-            self.job, before, after, changed, flaky=self.flaky_at_baseline | self._flips(newly_failing, after)
+            self.job,
+            before,
+            after,
+            changed,
+            flaky=self.flaky_at_baseline | self._flips(newly_failing, after),
+            is_test_file=self.workspace.profile.is_test_file,
         )
         if context.per_test and needs_base_run(self.operation_type, before, context.flaky):
             context.on_base = self._on_base(context.passing_new())
@@ -183,32 +139,38 @@ class Verifier:
         command = self.workspace.test_command()
         if command is None:
             return None
-        run_id = uuid.uuid4().hex[:12]
-        scratch = self.workspace.scratch
-        junit = scratch / f"junit-{run_id}.xml"
-        addopts = [f"--junitxml={junit}", "-o", "junit_family=xunit1"]
-        env: dict[str, str] = {}
-        coverage_json = scratch / f"coverage-{run_id}.json"
+        profile = self.workspace.profile
+        reporting = profile.reporting
+        root = self.workspace.root
         measure = self.measure_coverage and select is None
-        if measure:
-            env.update(self._coverage_env(scratch, run_id, coverage_json))
-            addopts += ["-p", COVERAGE_PLUGIN]
-        if select is not None:
-            (scratch / f"{SELECT_PLUGIN}.py").write_text(_SELECT_SOURCE, encoding="utf-8")
-            env.update(PYTHONPATH=str(scratch), CODEWORKER_SELECT=json.dumps(select))
-            addopts += ["-p", SELECT_PLUGIN]
-        env["PYTEST_ADDOPTS"] = " ".join(addopts)
+        request = TestRequest(
+            run_id=uuid.uuid4().hex[:12],
+            scratch=self.workspace.scratch,
+            root=root,
+            select=select,
+            coverage_targets=list(self.job.target_files) if measure else None,
+        )
+        reporting.discard(request, root)  # a report left from an earlier run is never this one's
+        invocation = reporting.invocation(command, request)
+        found: list[Results] = []
         try:
             if on_base:
-                result = self.workspace.run_on_base(command, lambda path: not is_test_file(path), env)
+                result = self.workspace.run_on_base(
+                    invocation.command,
+                    lambda path: not profile.is_test_file(path),
+                    invocation.env,
+                    lambda copy: found.append(reporting.results(request, copy)),
+                )
             else:
-                result = self.workspace.run(command, env=env)
-            tests, failures = parse_junit(junit) if junit.is_file() else ({}, {})
-            coverage = read_coverage(coverage_json) if measure else None
+                result = self.workspace.run(invocation.command, env=invocation.env)
+                found.append(reporting.results(request, root))
         finally:
-            plugins = [scratch / f"{name}.py" for name in (SELECT_PLUGIN, COVERAGE_PLUGIN)]
-            for path in (junit, coverage_json, scratch / f".coverage-{run_id}", *plugins):
-                path.unlink(missing_ok=True)
+            reporting.discard(request, root)
+        results = found[0] if found else Results()
+        tests = results.tests
+        if select is not None and not reporting.selects:
+            wanted = set(select)
+            tests = {test_id: outcome for test_id, outcome in tests.items() if test_id in wanted}
         return TestRun(
             command=command,
             exit_code=result.exit_code,
@@ -216,19 +178,6 @@ class Verifier:
             timed_out=result.timed_out,
             output_tail=result.output[-OUTPUT_TAIL:],
             tests=tests,
-            failures=failures,
-            coverage=coverage,
+            failures={t: text for t, text in results.failures.items() if t in tests},
+            coverage=results.coverage,
         )
-
-    def _coverage_env(self, scratch: Path, run_id: str, report: Path) -> dict[str, str]:
-        (scratch / f"{COVERAGE_PLUGIN}.py").write_text(_PLUGIN_SOURCE, encoding="utf-8")
-        root = self.workspace.root
-        targets = [str(root / path) for path in self.job.target_files]
-        return {
-            "PYTHONPATH": str(scratch),
-            "CODEWORKER_COVERAGE_DATA": str(scratch / f".coverage-{run_id}"),
-            "CODEWORKER_COVERAGE_JSON": str(report),
-            "CODEWORKER_COVERAGE_INCLUDE": json.dumps(targets),
-            "CODEWORKER_COVERAGE_SOURCE": json.dumps([] if targets else [str(root)]),
-            "CODEWORKER_COVERAGE_OMIT": json.dumps([] if targets else OMIT_TESTS),
-        }

@@ -81,7 +81,12 @@ class AgentExecutor:
             ledger,
             trajectory,
             settings,
-            prompts.system_prompt(job, workspace.root, prompts.repository_guidance(workspace)),
+            prompts.system_prompt(
+                job,
+                workspace.root,
+                prompts.repository_guidance(workspace),
+                prompts.repository_facts(workspace),
+            ),
         )
         agent.messages = [{"role": "user", "content": [text_block(prompts.task_prompt(job))]}]
         max_iterations = min(

@@ -29,7 +29,7 @@ Rules:
 - Do not weaken, skip or delete tests to make them pass.
 - When you end your turn, the worker runs the test suite itself and judges the result; if it \
 fails you get the failure and another chance.
-{operation_rules}"""
+{operation_rules}{repository}"""
 
 OPERATION_RULES = for_every_type(
     {
@@ -65,6 +65,30 @@ TRUNCATED = (
     "Your reply was cut off at the output token limit before it was complete. Continue, in "
     "smaller steps (smaller edits, fewer lines at a time)."
 )
+
+
+REPOSITORY = """
+
+The repository: a {language} project. The worker runs its tests with `{command}`{runner}; run \
+them the same way with bash. Conventions: {conventions}."""
+
+NO_TEST_COMMAND = """
+
+The repository: a {language} project with no test command the worker could find, so nothing \
+can verify the change."""
+
+
+def repository_facts(workspace: Workspace) -> str:
+    """What the model is told about the repository: its language, the test command the worker
+    runs and the profile's conventions (:mod:`codeworker.profiles`)."""
+    profile = workspace.profile
+    command = workspace.test_command()
+    if command is None:
+        return NO_TEST_COMMAND.format(language=profile.language)
+    runner = f" ({profile.runner})" if profile.runner else ""
+    return REPOSITORY.format(
+        language=profile.language, command=command, runner=runner, conventions=profile.conventions
+    )
 
 
 GUIDANCE_FILES = ("AGENTS.md", "CLAUDE.md", ".github/copilot-instructions.md")
@@ -121,14 +145,16 @@ def _guidance_file(workspace: Workspace, name: str, limit: int) -> str:
     return text[:limit] + f"\n[... cut: repository guidance is limited to {GUIDANCE_LIMIT} characters]"
 
 
-def system_prompt(job: Job, root: Path, guidance: str = "") -> str:
-    """The system prompt of the job's operation type, with the repository's guidance, if any
-    (:func:`repository_guidance`), after the worker's rules."""
+def system_prompt(job: Job, root: Path, guidance: str = "", repository: str = "") -> str:
+    """The system prompt of the job's operation type, with what the worker knows of the repository
+    (:func:`repository_facts`) and the repository's guidance, if any (:func:`repository_guidance`),
+    after the worker's rules."""
     return (
         SYSTEM.format(
             root=root,
             operation=job.operation_type.replace("_", " "),
             operation_rules=OPERATION_RULES[OperationType(job.operation_type)],
+            repository=repository,
         )
         + guidance
     )
