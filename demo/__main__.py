@@ -15,10 +15,14 @@ on the pull request saying what changed. The demo fails unless exactly that comm
 The model: without ANTHROPIC_API_KEY, recorded Claude sessions (``demo/sessions/error_fix.jsonl``,
 then ``demo/sessions/follow_up.jsonl``) are replayed through a Messages API server on loopback,
 and the real SDK talks to it. With ANTHROPIC_API_KEY set, the same jobs go to Claude itself.
+
+``python -m demo --repo typescript``: an error fix on a TypeScript project with Vitest instead
+(:mod:`demo.typescript`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -245,5 +249,21 @@ def remote_git(git: GitServer, *args: str) -> str:
     ).stdout
 
 
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description="codeworker end to end, on loopback")
+    parser.add_argument(
+        "--repo",
+        choices=("python", "typescript"),
+        default="python",
+        help="the sample repository: python (the error fix and its follow-up; `make demo`) or "
+        "typescript (an error fix on a Vitest project, installed by setup from the offline npm cache)",
+    )
+    if parser.parse_args(argv).repo == "typescript":
+        from demo import typescript
+
+        return typescript.main()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

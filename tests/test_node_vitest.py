@@ -42,7 +42,11 @@ def test_a_feature_on_a_typescript_repository_runs_vitest_installed_offline_by_s
     npm_fixtures.require_npm_cache()
     name = f"ts-{uuid.uuid4().hex[:8]}"
     url = git_server.create_repo("acme", name, npm_fixtures.project_files())
-    model.play(s.say(s.create("src/calc.ts", CALC_MUL), s.create("src/mul.test.ts", MUL_TEST)), s.done("mul"))
+    model.play(
+        s.say(s.bash("npm test")),  # the agent runs the tests as the worker does
+        s.say(s.create("src/calc.ts", CALC_MUL), s.create("src/mul.test.ts", MUL_TEST)),
+        s.done("mul"),
+    )
     job = {
         "operation_type": "feature_implementation",
         "description": "add mul(a, b) to src/calc.ts",
@@ -55,6 +59,8 @@ def test_a_feature_on_a_typescript_repository_runs_vitest_installed_offline_by_s
         timeout=RESULT_TIMEOUT
     )
 
+    ran = str(model.messages_requests[-2]["messages"][-1]["content"])
+    assert "1 passed" in ran and "Out of memory" not in ran, ran
     verification = result["verification"]
     assert result["success"] is True and result["pr"]["draft"] is False, result["error"]
     # Per test, from Vitest's JUnit report: the new test fails on the base code and passes now.

@@ -117,6 +117,9 @@ class Profile:
     private_dirs: tuple[str, ...] = ()
     """Directories inside those that tools write at every run (Vitest's results cache in
     ``node_modules/.vite``): the cache is read-only, so each command gets them empty and its own."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """What every command in the checkout gets (the agent's too): the runtime's options that the
+    sandbox needs, so the agent runs the tests as the worker does."""
 
     def is_test_file(self, path: str) -> bool:
         return self.test_files.search(path) is not None

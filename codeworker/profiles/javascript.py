@@ -294,4 +294,5 @@ def javascript_profile(checkout: Path, config: RepoConfig, package: Package, exp
         runner=runner,
         cache_dirs=CACHE_DIRS if setup_plan is not None else (),
         private_dirs=PRIVATE_DIRS if setup_plan is not None else (),
+        environment={"NODE_OPTIONS": WASM_TRAP_HANDLER} if node_takes(WASM_TRAP_HANDLER) else {},
     )

@@ -205,7 +205,7 @@ class Checkout:
     ) -> CommandResult:
         self.stop_if_cancelled()
         try:
-            result = self._sandbox.run(command, timeout, env)
+            result = self._sandbox.run(command, timeout, {**self.profile.environment, **(env or {})})
         finally:
             self._clear_scratch()
         self.stop_if_cancelled()  # the command was killed for it
