@@ -43,12 +43,12 @@ from codeworker.loopback.gitserver import GitServer
 from codeworker.loopback.redis_server import RedisServer, free_port
 from codeworker.loopback.worker import WorkerProcess
 from codeworker.replay import ReplayServer
+from demo import RESULT_TIMEOUT, fail, say, worker_env
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "sample_bug"
 SESSIONS = (HERE / "sessions" / "error_fix.jsonl", HERE / "sessions" / "follow_up.jsonl")
 """The recorded sessions, served in the order the worker asks: the error fix, then its follow-up."""
-RESULT_TIMEOUT = 600
 REVIEWER = "reviewer"
 REVIEW = (
     "@codeworker thanks, the discount is right now. with_tax has the same kind of gap: a negative rate "
@@ -67,15 +67,6 @@ REVIEW_COMMENT = {
 
 def sample_files() -> dict[str, str]:
     return {str(p.relative_to(SAMPLE)): p.read_text() for p in sorted(SAMPLE.rglob("*")) if p.is_file()}
-
-
-def say(text: str) -> None:
-    print(f"\033[1m==> {text}\033[0m", flush=True)
-
-
-def fail(text: str) -> int:
-    print(f"\033[1;31m==> DEMO FAILED: {text}\033[0m", file=sys.stderr, flush=True)
-    return 1
 
 
 def error_fix_job(url: str) -> dict:
@@ -130,19 +121,8 @@ def main() -> int:
         port = free_port()
         worker = WorkerProcess(
             {
-                "REDIS_URL": redis_server.url,
-                "PORT": str(port),
-                "WORKSPACE_ROOT": str(root / "workspace"),
-                "CODEWORKER_CACHE_ROOT": str(root / "cache"),
-                "CODEWORKER_TRAJECTORY_DIR": str(root / "trajectories"),
-                "CODEWORKER_METRICS_DIR": str(root / "metrics"),
+                **worker_env(root, port, redis_server, git, github, token),
                 "CODEWORKER_WEBHOOK_SECRET": webhook_secret,
-                "GITHUB_TOKEN": token,
-                "GITHUB_API_URL": github.url,
-                "CODEWORKER_ALLOWED_REPOS": git.base_url,
-                "CODEWORKER_LOG_FORMAT": "console",
-                # The demo runs as whoever calls make; Celery's warning about root is noise here.
-                "PYTHONWARNINGS": "ignore:You're running the worker with superuser",
                 **model_env,
             },
             name="demo",

@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -41,6 +40,7 @@ from codeworker.loopback.redis_server import RedisServer, free_port
 from codeworker.loopback.worker import WorkerProcess
 from codeworker.replay import ReplayServer
 from codeworker.sandbox.rootfs import SYSTEM_DIRS, visible
+from demo import RESULT_TIMEOUT, fail, say, worker_env
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,17 +54,7 @@ CART = "src/cart.ts"
 FIXED_TEST = "src/cart.test.ts::applyDiscount > takes 15% off 200.00"
 """The failing test, by the id verification gives it: file, then describe block and test name."""
 REPO = "cart-ts"
-RESULT_TIMEOUT = 600
 SETUP_SUM = re.compile(r'^codeworker_stage_duration_seconds_sum\{stage="setup"\} (\S+)$', re.MULTILINE)
-
-
-def say(text: str) -> None:
-    print(f"\033[1m==> {text}\033[0m", flush=True)
-
-
-def fail(text: str) -> int:
-    print(f"\033[1;31m==> DEMO FAILED: {text}\033[0m", file=sys.stderr, flush=True)
-    return 1
 
 
 def npm_cache_problem() -> str | None:
@@ -93,13 +83,15 @@ def project_files() -> dict[str, str]:
 
 def sandbox_env(cache_root: Path) -> dict[str, str]:
     """The worker's settings for this repository: the npm cache (and Node.js when it lives outside
-    the system directories) shown read-only to the sandbox, setup without network."""
+    the system directories) shown read-only to the sandbox, setup without network, the setup cache
+    in ``cache_root``. Paths that do not exist are left out (a worker would refuse to start);
+    :func:`npm_cache_problem` says what is missing."""
     shown = [NPM_CACHE]
     node = shutil.which("node")
     if node is not None and not visible(Path(node).resolve(), SYSTEM_DIRS):
         shown.append(Path(node).resolve().parent.parent)  # <prefix>/bin/node; npm is in <prefix>/lib
     return {
-        "CODEWORKER_SANDBOX_EXTRA_RO": ":".join(str(path) for path in shown),
+        "CODEWORKER_SANDBOX_EXTRA_RO": ":".join(str(path) for path in shown if path.exists()),
         "CODEWORKER_SETUP_NETWORK": "none",
         "CODEWORKER_CACHE_ROOT": str(cache_root),
     }
@@ -172,16 +164,7 @@ def main(model_env: dict[str, str] | None = None, jobs: int = 2, trajectory_out:
         port = free_port()
         worker = WorkerProcess(
             {
-                "REDIS_URL": redis_server.url,
-                "PORT": str(port),
-                "WORKSPACE_ROOT": str(root / "workspace"),
-                "CODEWORKER_TRAJECTORY_DIR": str(root / "trajectories"),
-                "CODEWORKER_METRICS_DIR": str(root / "metrics"),
-                "GITHUB_TOKEN": token,
-                "GITHUB_API_URL": github.url,
-                "CODEWORKER_ALLOWED_REPOS": git.base_url,
-                "CODEWORKER_LOG_FORMAT": "console",
-                "PYTHONWARNINGS": "ignore:You're running the worker with superuser",
+                **worker_env(root, port, redis_server, git, github, token),
                 **sandbox_env(root / "cache"),
                 **model_env,
             },

@@ -29,11 +29,9 @@ name differs per runner and would need the names quoted into a pattern. Coverage
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import stat
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,7 +40,7 @@ from typing import Any
 
 from codeworker.profiles.base import Invocation, Profile, ProfileError, Results, TestRequest
 from codeworker.profiles.node_reporter import REPORTER_FILE, REPORTER_SOURCE
-from codeworker.sandbox.repo_config import CONFIG_FILE, RepoConfig, SetupPlan
+from codeworker.sandbox.repo_config import CONFIG_FILE, RepoConfig, SetupPlan, read_repo_file
 from codeworker.verification.junit import parse_junit, runner_id
 
 PACKAGE_JSON = "package.json"
@@ -118,22 +116,10 @@ def read_package(checkout: Path) -> Package | None:
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    """Read like .codeworker.yml: no link followed, no FIFO blocked on, a size limit."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
+    """Read like .codeworker.yml (:func:`read_repo_file`), then parse."""
+    raw = read_repo_file(path, MAX_PACKAGE_BYTES, ProfileError)
+    if raw is None:
         return None
-    except OSError as exc:
-        raise ProfileError(f"{PACKAGE_JSON} cannot be read: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ProfileError(f"{PACKAGE_JSON} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            raw = file.read(MAX_PACKAGE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_PACKAGE_BYTES:
-        raise ProfileError(f"{PACKAGE_JSON} is larger than {MAX_PACKAGE_BYTES:,} bytes")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:

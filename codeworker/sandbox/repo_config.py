@@ -101,7 +101,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def load_repo_config(checkout: Path) -> RepoConfig:
     """The checkout's settings (defaults without a file); :class:`RepoConfigError` if unusable."""
-    data = _parse(_read(checkout / CONFIG_FILE))
+    data = _parse(read_repo_file(checkout / CONFIG_FILE, MAX_CONFIG_BYTES))
     if data is None:
         return RepoConfig()
     if not isinstance(data, dict):
@@ -125,26 +125,29 @@ def load_repo_config(checkout: Path) -> RepoConfig:
         raise RepoConfigError(f"{CONFIG_FILE} is invalid: {problems}") from None
 
 
-def _read(path: Path) -> bytes | None:
-    """The file's bytes, None when there is none. Opened without following a symlink and without
-    blocking on a FIFO, then refused unless it is a regular file of at most MAX_CONFIG_BYTES."""
+def read_repo_file(path: Path, limit: int, error: type[RepoConfigError] = RepoConfigError) -> bytes | None:
+    """A repository's settings file (``.codeworker.yml``, ``package.json``), None when there is
+    none. Opened without following a symlink and without blocking on a FIFO, then refused with
+    ``error`` unless it is a regular file of at most ``limit`` bytes: the worker reads it outside
+    the sandbox."""
+    name = path.name
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise RepoConfigError(f"{CONFIG_FILE} is a symbolic link; only a regular file is read") from None
-        raise RepoConfigError(f"{CONFIG_FILE} cannot be opened: {exc.strerror}") from None
+            raise error(f"{name} is a symbolic link; only a regular file is read") from None
+        raise error(f"{name} cannot be opened: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RepoConfigError(f"{CONFIG_FILE} is not a regular file")
+            raise error(f"{name} is not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
+            raw = file.read(limit + 1)
     finally:
         os.close(fd)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise RepoConfigError(f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    if len(raw) > limit:
+        raise error(f"{name} is larger than {limit:,} bytes")
     return raw
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from codeworker.sandbox.rootfs import SYSTEM_DIRS, visible
+from demo import typescript as typescript_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 VITEST_PROJECT = ROOT / "tests" / "fixtures" / "vitest_project"
 """The project: ``add`` in ``src/calc.ts``, its test, and a lock file pinning Vitest 2.1.9."""
-NPM_CACHE = ROOT / ".work" / "npm-cache"
+NPM_CACHE = typescript_demo.NPM_CACHE
 """npm's cache holding every tarball that lock file installs on this platform (the Makefile's)."""
 STAMP = NPM_CACHE / ".complete"
 """Written last by the Makefile: the SHA-256 of the lock file the cache was filled from."""
@@ -62,18 +62,7 @@ def project_files() -> dict[str, str]:
 
 
 def worker_env(cache_root: Path) -> dict[str, str]:
-    """What a worker needs on top of the tests' usual environment: the npm cache and, when Node.js
-    lives outside the system directories (a version manager's), its installation, read-only;
-    setup without network; the setup cache in ``cache_root``.
-
-    Paths that do not exist are left out (a worker would refuse to start): the test itself calls
-    :func:`require_npm_cache` and fails there, saying what is missing."""
-    shown = [NPM_CACHE]
-    node = shutil.which("node")
-    if node is not None and not visible(Path(node).resolve(), SYSTEM_DIRS):
-        shown.append(Path(node).resolve().parent.parent)  # <prefix>/bin/node; npm is in <prefix>/lib
-    return {
-        "CODEWORKER_SANDBOX_EXTRA_RO": ":".join(str(path) for path in shown if path.exists()),
-        "CODEWORKER_SETUP_NETWORK": "none",
-        "CODEWORKER_CACHE_ROOT": str(cache_root),
-    }
+    """What a worker needs on top of the tests' usual environment: the TypeScript demo's
+    (:func:`demo.typescript.sandbox_env`). The test itself calls :func:`require_npm_cache` and
+    fails there, saying what is missing."""
+    return typescript_demo.sandbox_env(cache_root)
